@@ -1,0 +1,5 @@
+import sys
+
+from lmserv.cli import main
+
+sys.exit(main())

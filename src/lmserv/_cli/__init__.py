@@ -1,0 +1,1 @@
+"""Subcommand groups of the ``lmserv`` command; see :mod:`lmserv.cli`."""

@@ -1,0 +1,269 @@
+"""Finding the tools a llama.cpp build needs, per platform, without running a build.
+
+Kept apart from :mod:`lmserv.install.llama_build` so the decisions (which cmake, which generator,
+is CUDA usable, where is NCCL) are plain functions that tests can drive with a fake ``which`` and
+a ``platform`` argument: CI is Linux, but the Windows branch must be right too.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmserv.errors import ToolchainMissing
+
+__all__ = [
+    "DEFAULT_CUDA_ARCHITECTURES",
+    "CudaToolkit",
+    "Toolchain",
+    "cuda_architectures",
+    "find_cuda",
+    "find_nccl",
+    "find_toolchain",
+]
+
+log = logging.getLogger(__name__)
+
+Which = Callable[[str], "str | None"]
+
+# Used when no GPU can be queried (a build machine without a GPU). nvcc 13 dropped everything
+# before Turing; 12.8 added Blackwell (100, 120).
+DEFAULT_CUDA_ARCHITECTURES = "75;80;86;89;90;100;120"
+_LEGACY_CUDA_ARCHITECTURES = "61;70;75;80;86;89;90"
+
+_VSWHERE = r"C:\Program Files (x86)\Microsoft Visual Studio\Installer\vswhere.exe"
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """The programs a build will run: ``cmake``, the generator, and an optional compiler cache."""
+
+    cmake: str
+    generator: str
+    ninja: str | None
+    compiler_launcher: str | None
+    platform: str
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def multi_config(self) -> bool:
+        """Visual Studio generators pick the configuration at build time, not configure time."""
+        return self.generator.startswith("Visual Studio")
+
+
+def _pypi_tool(module: str, attr: str, exe: str) -> str | None:
+    """The ``cmake`` / ``ninja`` PyPI wheels ship their binary inside the package."""
+    try:
+        mod = __import__(module)
+    except ImportError:
+        return None
+    folder = getattr(mod, attr, None)
+    if not folder:
+        return None
+    candidate = Path(folder) / exe
+    return str(candidate) if candidate.exists() else None
+
+
+def find_toolchain(
+    *,
+    platform: str | None = None,
+    which: Which = shutil.which,
+    exists: Callable[[str], bool] = os.path.exists,
+    pypi_tool: Callable[[str, str, str], str | None] = _pypi_tool,
+) -> Toolchain:
+    """Pick cmake, a generator and ccache for ``platform`` (default: this one).
+
+    Raises :class:`ToolchainMissing` naming the missing tool and how to install it.
+    """
+    platform = platform or sys.platform
+    win = platform == "win32"
+    exe = ".exe" if win else ""
+    notes: list[str] = []
+
+    cmake = which("cmake") or pypi_tool("cmake", "CMAKE_BIN_DIR", "cmake" + exe)
+    if cmake is None:
+        raise ToolchainMissing(
+            "cmake was not found on PATH nor as the PyPI 'cmake' package. "
+            "Install it with `python -m pip install cmake ninja`"
+            + ("" if win else " or your system package manager (e.g. `apt-get install cmake`)")
+            + "."
+        )
+    ninja = which("ninja") or pypi_tool("ninja", "BIN_DIR", "ninja" + exe)
+
+    if win:
+        cl = which("cl") or which("cl.exe")
+        has_vs = exists(_VSWHERE)
+        if cl and ninja:
+            generator = "Ninja"
+        elif has_vs:
+            # Outside a Developer Prompt cl.exe is not on PATH, but the VS generator finds MSVC.
+            generator = "Visual Studio 17 2022"
+            notes.append("cl.exe not on PATH: using the Visual Studio generator")
+        else:
+            raise ToolchainMissing(
+                "MSVC (the Microsoft C++ compiler) was not found: no cl.exe on PATH and no "
+                f"Visual Studio installation ({_VSWHERE} is missing). Install 'Build Tools for "
+                "Visual Studio' with the 'Desktop development with C++' workload, then run "
+                "lmserv from a 'x64 Native Tools Command Prompt'."
+            )
+    else:
+        compiler = which("c++") or which("g++") or which("clang++")
+        if compiler is None:
+            raise ToolchainMissing(
+                "no C++ compiler (c++, g++ or clang++) was found on PATH. Install one, e.g. "
+                "`apt-get install build-essential` or `xcode-select --install`."
+            )
+        generator = "Ninja" if ninja else "Unix Makefiles"
+        if not ninja:
+            notes.append("ninja not found: using Makefiles (`pip install ninja` builds faster)")
+
+    launcher = which("ccache") or which("sccache")
+    return Toolchain(
+        cmake=cmake,
+        generator=generator,
+        ninja=ninja if generator == "Ninja" else None,
+        compiler_launcher=launcher,
+        platform=platform,
+        notes=tuple(notes),
+    )
+
+
+@dataclass(frozen=True)
+class CudaToolkit:
+    """A usable CUDA toolkit: nvcc, its version, and the cuBLAS headers and library."""
+
+    nvcc: str
+    version: tuple[int, int]
+    root: str
+
+
+def _cuda_roots(nvcc: str | None) -> list[Path]:
+    roots: list[Path] = []
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            roots.append(Path(os.environ[var]))
+    if nvcc:
+        roots.append(Path(nvcc).resolve().parent.parent)
+    roots += [Path("/usr/local/cuda"), Path("/usr")]
+    return roots
+
+
+def _nvcc_version(nvcc: str) -> tuple[int, int]:
+    out = subprocess.run(
+        [nvcc, "--version"], capture_output=True, text=True, timeout=30, check=False
+    ).stdout
+    match = re.search(r"release (\d+)\.(\d+)", out)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def find_cuda(*, which: Which = shutil.which) -> CudaToolkit:
+    """Return the CUDA toolkit, or raise :class:`ToolchainMissing` naming every missing part."""
+    nvcc = which("nvcc")
+    if nvcc is None:
+        for root in _cuda_roots(None):
+            candidate = root / "bin" / "nvcc"
+            if candidate.exists():
+                nvcc = str(candidate)
+                break
+    missing: list[str] = []
+    if nvcc is None:
+        missing.append(
+            "nvcc (the CUDA compiler; not on PATH, $CUDA_HOME/bin or /usr/local/cuda/bin)"
+        )
+    roots = _cuda_roots(nvcc)
+    header_dirs = [r / "include" for r in roots] + [
+        Path(p) for p in glob.glob("/usr/local/cuda*/targets/*/include")
+    ]
+    if not any((d / "cublas_v2.h").exists() for d in header_dirs):
+        missing.append(
+            "cuBLAS headers (cublas_v2.h, looked in "
+            + ", ".join(str(d) for d in header_dirs[:4])
+            + ")"
+        )
+    lib_dirs = [r / sub for r in roots for sub in ("lib64", "lib", "lib/x86_64-linux-gnu")]
+    if not any(list(d.glob("libcublas.so*")) or (d / "cublas.lib").exists() for d in lib_dirs):
+        missing.append("the cuBLAS library (libcublas.so)")
+    if missing:
+        raise ToolchainMissing(
+            "a CUDA build needs "
+            + "; ".join(missing)
+            + ". Install the CUDA toolkit with cuBLAS (e.g. `apt-get install nvidia-cuda-toolkit`"
+            " or NVIDIA's cuda-toolkit package), or build for the CPU with `cuda=False` / "
+            "`lmserv build --cuda off`."
+        )
+    assert nvcc is not None
+    return CudaToolkit(nvcc=nvcc, version=_nvcc_version(nvcc), root=str(roots[0]))
+
+
+def cuda_architectures(compute_caps: list[str], nvcc_version: tuple[int, int]) -> str:
+    """The ``CMAKE_CUDA_ARCHITECTURES`` value: the detected GPUs, else a default list.
+
+    >>> cuda_architectures(["9.0", "8.6", "9.0"], (12, 4))
+    '86;90'
+    >>> cuda_architectures([], (13, 0))
+    '75;80;86;89;90;100;120'
+    >>> cuda_architectures([], (12, 2))
+    '61;70;75;80;86;89;90'
+    """
+    archs = sorted({cap.replace(".", "") for cap in compute_caps if cap.strip()}, key=int)
+    if archs:
+        return ";".join(archs)
+    return DEFAULT_CUDA_ARCHITECTURES if nvcc_version >= (12, 8) else _LEGACY_CUDA_ARCHITECTURES
+
+
+def detected_compute_caps(*, which: Which = shutil.which) -> list[str]:
+    """Compute capabilities of the GPUs on this machine, from ``nvidia-smi`` (empty if none)."""
+    smi = which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [
+        line.strip() for line in out.stdout.splitlines() if re.fullmatch(r"\d+\.\d+", line.strip())
+    ]
+
+
+def find_nccl(cuda_root: str | None = None) -> tuple[str, str] | None:
+    """``(include_dir, library_path)`` of NCCL, from the system or the ``nvidia-nccl-cu*`` wheel.
+
+    The wheel ships only ``libnccl.so.2`` (no ``libnccl.so`` link), which CMake's
+    ``find_library(nccl)`` misses, so the caller passes both paths explicitly.
+    """
+    candidates: list[Path] = []
+    for var in ("NCCL_ROOT", "NCCL_HOME"):
+        if os.environ.get(var):
+            candidates.append(Path(os.environ[var]))
+    if cuda_root:
+        candidates.append(Path(cuda_root))
+    candidates += [Path("/usr/local/cuda"), Path("/usr"), Path("/usr/local")]
+    try:
+        import nvidia.nccl  # type: ignore[import-not-found]
+
+        candidates += [Path(p) for p in nvidia.nccl.__path__]
+    except ImportError:
+        pass
+    for root in candidates:
+        include = root / "include"
+        if not (include / "nccl.h").exists():
+            continue
+        for sub in ("lib", "lib64", "lib/x86_64-linux-gnu"):
+            libs = sorted((root / sub).glob("libnccl.so*"))
+            if libs:
+                return str(include), str(libs[0])
+    return None

