@@ -1,0 +1,39 @@
+"""Shared fixtures: one real CPU build of llama.cpp per test session.
+
+The build goes to ``~/.cache/lmserv/llama.cpp`` (the sdist to ``~/.cache/lmserv/sdist``), so a
+rerun finds it and returns at once; a fresh machine builds it here, for real, in a few minutes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lmserv import config
+from lmserv.install import LlamaBuild, build_llama_cpp
+
+TEST_BUILD_DIR = Path(
+    os.environ.get("LMSERV_TEST_BUILD_DIR", str(config.cache_dir() / "llama.cpp"))
+)
+
+
+@pytest.fixture(scope="session")
+def llama_build() -> Iterator[LlamaBuild]:
+    """A real CPU build (with the RPC worker) of the pinned llama.cpp commit.
+
+    Also points ``LLAMA_BIN_DIR``/``LLAMA_LIB_DIR`` at it for the whole session, so code under
+    test (and the subprocesses it starts) find these binaries first.
+    """
+    build = build_llama_cpp(TEST_BUILD_DIR, source="pypi", cuda=False, rpc=True, progress=False)
+    saved = {k: os.environ.get(k) for k in ("LLAMA_BIN_DIR", "LLAMA_LIB_DIR")}
+    os.environ["LLAMA_BIN_DIR"] = str(build.bin_dir)
+    os.environ["LLAMA_LIB_DIR"] = str(build.lib_dir)
+    yield build
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
