@@ -11,7 +11,7 @@ from pathlib import Path
 
 import platformdirs
 
-__all__ = ["builds_dir", "cache_dir", "data_dir", "models_dir"]
+__all__ = ["builds_dir", "cache_dir", "data_dir", "models_dir", "user_catalog"]
 
 _APP = "lmserv"
 
@@ -39,3 +39,12 @@ def builds_dir() -> Path:
 def models_dir() -> Path:
     """Where models are downloaded by default."""
     return _env_path("models") or data_dir() / "models"
+
+
+def user_catalog() -> dict[str, dict[str, object]]:
+    """Extra catalog entries from the user's config file (table ``[catalog.<name>]``).
+
+    Each value has the same keys as an entry of the shipped catalog. Empty until a config
+    file defines some.
+    """
+    return {}

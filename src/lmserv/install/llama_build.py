@@ -59,6 +59,7 @@ class LlamaBuild:
     source: str = ""
     log_path: Path | None = None
     libraries: dict[str, Path] = field(default_factory=dict)
+    source_dir: Path | None = None  # the llama.cpp tree compiled (``include/llama.h`` is there)
 
     def binary(self, name: str) -> Path:
         """Path of binary ``name`` (e.g. ``"llama-server"``) in this build."""
@@ -252,6 +253,7 @@ def _result(
         nccl=nccl if isinstance(nccl, bool) else None,
         source=str(stamp.get("source", "")),
         log_path=log_path,
+        source_dir=Path(str(stamp["source_dir"])) if stamp.get("source_dir") else None,
     )
 
 
@@ -421,6 +423,7 @@ def build_llama_cpp(
             "cuda": cuda_kit is not None,
             "nccl": nccl_found,
             "source": f"{tree.kind}:{tree.origin}",
+            "source_dir": str(tree.path),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         # The stamp is written last and atomically: it is the "build complete" marker.
