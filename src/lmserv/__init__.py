@@ -3,10 +3,14 @@
 Public API (see README.md)::
 
     from lmserv.install import build_llama_cpp, download_models
+    from lmserv import LlamaServer, Client, AsyncClient
+    from lmserv.testing import write_counting_model   # test models stay a submodule
 """
 
 from __future__ import annotations
 
+from lmserv._client import AsyncClient, AsyncTextStream, Client, TextStream
+from lmserv._types import ChatCompletion, Completion, Timings
 from lmserv.errors import (
     APIError,
     AuthenticationError,
@@ -36,16 +40,22 @@ from lmserv.errors import (
     UnsafeArchive,
     WorkerError,
 )
+from lmserv.server import LlamaServer, ServerInfo
 
 __version__ = "0.1.0"
 
 __all__ = [
     "APIError",
+    "AsyncClient",
+    "AsyncTextStream",
     "AuthenticationError",
     "BadRequestError",
     "BinaryNotFound",
     "BuildError",
+    "ChatCompletion",
     "ChecksumMismatch",
+    "Client",
+    "Completion",
     "ConfigError",
     "ContextOverflow",
     "DownloadError",
@@ -55,15 +65,19 @@ __all__ = [
     "InvalidModelFile",
     "LibraryMismatch",
     "LlamaError",
+    "LlamaServer",
     "LmservError",
     "ModelError",
     "ModelNotFound",
     "NotFoundError",
     "ServerError",
+    "ServerInfo",
     "ServerStartError",
     "ServerTimeout",
     "ServerUnavailable",
     "SourceError",
+    "TextStream",
+    "Timings",
     "ToolchainMissing",
     "UnsafeArchive",
     "WorkerError",
