@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import http.client
 import ipaddress
 import logging
 import os
@@ -26,13 +27,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO
-
-import httpx
 
 from lmserv import config
 from lmserv._bootstrap.finder import find_binary
@@ -48,6 +48,7 @@ _BUILD = re.compile(r"build[: ]+(\d+) \(([0-9a-f]+)\)")
 _DEVICE = re.compile(r"common_param:\s+- (\S+)\s+: (.+?) \(")
 _BUFFER = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+_SLOTS = re.compile(r"n_slots = (\d+), n_ctx_slot = (\d+)")
 _LOG_KEEP = 20  # old log files kept in the logs folder
 _LOG_MAX_BYTES = 64 * 1024 * 1024  # a running server's log rotates to .1 past this size
 _TAIL_LINES = 400
@@ -55,8 +56,10 @@ _TAIL_LINES = 400
 
 @dataclass(frozen=True)
 class ServerInfo:
-    """What a started llama-server reports about itself (from its log and ``/props``).
+    """What a started llama-server reports about itself, read from its start-up log.
 
+    ``n_ctx`` is the context of one slot (the most one request can use), ``slots`` how many
+    requests run at once.
     ``devices`` are the backends llama.cpp found (``CPU``, ``CUDA0``, ...);
     ``weights_on`` the buffers the model weights went to (``CPU_Mapped``, ``CUDA0``, ...).
     ``gpu_unused`` is true when a GPU was found but no weights are on it, the classic
@@ -94,11 +97,11 @@ class ServerInfo:
         return text + f", build {self.build or '?'}"
 
 
-def _parse_info(
-    lines: Sequence[str], base_url: str, pid: int, props: dict[str, object]
-) -> ServerInfo:
+def _parse_info(lines: Sequence[str], base_url: str, pid: int, model_path: str) -> ServerInfo:
+    """Read what llama-server did from its start-up log (no request needed)."""
     build, devices, buffers = "", [], []
     gpu_layers = total_layers = None
+    n_ctx = slots = 0
     for line in lines:
         if (m := _BUILD.search(line)) and not build:
             build = m.group(2)
@@ -108,21 +111,34 @@ def _parse_info(
             buffers.append(m.group(1))
         elif m := _OFFLOADED.search(line):
             gpu_layers, total_layers = int(m.group(1)), int(m.group(2))
-    settings = props.get("default_generation_settings")
-    n_ctx = settings.get("n_ctx", 0) if isinstance(settings, dict) else 0
-    slots = props.get("total_slots", 0)
+        elif m := _SLOTS.search(line):
+            slots, n_ctx = int(m.group(1)), int(m.group(2))
     return ServerInfo(
         base_url=base_url,
         pid=pid,
-        model_path=str(props.get("model_path", "")),
+        model_path=model_path,
         build=build,
-        n_ctx=int(n_ctx) if isinstance(n_ctx, int) else 0,
-        slots=int(slots) if isinstance(slots, int) else 0,
+        n_ctx=n_ctx,
+        slots=slots,
         devices=tuple(devices),
         weights_on=tuple(dict.fromkeys(buffers)),
         gpu_layers=gpu_layers,
         total_layers=total_layers,
     )
+
+
+def _http_get(base_url: str, path: str) -> int:
+    """Status of ``GET path``; the stdlib client, because an ``httpx.Client`` costs tens of
+    milliseconds to create (its TLS context) and start-up time is what we are measuring."""
+    parts = urllib.parse.urlsplit(base_url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=5)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
 
 
 def _is_loopback(host: str) -> bool:
@@ -148,11 +164,9 @@ def _parent_death_hook() -> Callable[[], None] | None:
         # that would kill the server with the thread, so rely on atexit there instead.
         return None
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        prctl = libc.prctl
+        prctl = ctypes.CDLL(None).prctl  # libc is already loaded into Python itself
     except (OSError, AttributeError):
         return None
     parent = os.getpid()
@@ -422,30 +436,25 @@ class LlamaServer:
                     f"{self.start_timeout:.0f}s while loading {str(self.model)!r}; last log lines:\n"
                     f"{self.log_tail(20)}\npass a larger start_timeout= for big models"
                 )
-        # 2) /health 200 (503 means the model is still loading)
-        with httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(5.0)) as http:
-            status: object = None
-            while True:
-                if (code := proc.poll()) is not None:
-                    raise self._start_error(code)
-                try:
-                    response = http.get("/health")
-                    status = response.status_code
-                    if status == 200:
-                        props = http.get("/props", headers=self._auth()).json()
-                        break
-                except httpx.TransportError as exc:
-                    status = type(exc).__name__
-                if time.monotonic() > deadline:
-                    raise ServerTimeout(
-                        f"llama-server at {self.base_url} did not answer /health with 200 within "
-                        f"{self.start_timeout:.0f}s (last answer: {status}); last log lines:\n"
-                        f"{self.log_tail(20)}"
-                    )
-                time.sleep(0.01)
-        self._info = _parse_info(
-            self._startup, self.base_url, proc.pid, props if isinstance(props, dict) else {}
-        )
+        # 2) /health 200 (503 means the model is still loading; /health needs no api key)
+        status: object = None
+        while True:
+            if (code := proc.poll()) is not None:
+                raise self._start_error(code)
+            try:
+                status = _http_get(self.base_url, "/health")
+                if status == 200:
+                    break
+            except (OSError, ValueError) as exc:
+                status = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() > deadline:
+                raise ServerTimeout(
+                    f"llama-server at {self.base_url} did not answer /health with 200 within "
+                    f"{self.start_timeout:.0f}s (last answer: {status}); last log lines:\n"
+                    f"{self.log_tail(20)}"
+                )
+            time.sleep(0.01)
+        self._info = _parse_info(self._startup, self.base_url, proc.pid, str(self.model))
         log.info("llama-server ready at %s: %s", self.base_url, self._info.summary())
         if self._info.gpu_unused:
             log.warning(
@@ -455,11 +464,10 @@ class LlamaServer:
                 self.log_path,
             )
 
-    def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-
     def stop(self) -> int | None:
-        """Stop the server (SIGTERM, then SIGKILL after ``stop_timeout``); return its exit code.
+        """Stop the server (SIGTERM, again after 1 s, SIGKILL after ``stop_timeout``).
+
+        Returns its exit code: 0 for a graceful stop, 1 when the second SIGTERM was needed.
 
         Safe to call twice and on a server that was never started (returns ``None``).
         """
@@ -476,7 +484,14 @@ class LlamaServer:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
             try:
-                proc.wait(self.stop_timeout)
+                proc.wait(min(1.0, self.stop_timeout))
+            except subprocess.TimeoutExpired:
+                # A SIGTERM that lands just after "listening on", before llama-server's task
+                # loop starts, is lost (seen at 0c1e570); a second one makes it exit(1) at once.
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+            try:
+                proc.wait(max(0.0, self.stop_timeout - 1.0))
             except subprocess.TimeoutExpired:
                 log.warning(
                     "llama-server (pid %d) ignored SIGTERM for %.0fs; killing it",
