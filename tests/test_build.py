@@ -15,8 +15,7 @@ import pytest
 
 from _fake_llama import cmake_wrapper, make_fake_llama
 from lmserv.errors import BuildError, SourceError, ToolchainMissing, UnsafeArchive
-from lmserv.install import LlamaBuild, build_llama_cpp
-from lmserv.install import _source
+from lmserv.install import LlamaBuild, _source, build_llama_cpp
 from lmserv.install._source import PINNED_COMMIT
 from lmserv.install.llama_build import CORE_TARGETS, RPC_TARGET
 
@@ -110,12 +109,15 @@ def test_build_idempotent_and_options_invalidate_stamp(
     src, commit = fake_src
     out = tmp_path / "out"
     seen: list[tuple[int, int]] = []
-    first = build_llama_cpp(out, source=src, cuda=False, progress=lambda n, t, _l: seen.append((n, t)))
+    first = build_llama_cpp(
+        out, source=src, cuda=False, progress=lambda n, t, _l: seen.append((n, t))
+    )
     assert first.commit == commit
     assert first.bin_dir == out / "build-cpu" / "bin"
     assert RPC_TARGET not in first.binaries
-    assert subprocess.run([str(first.binary("llama-server"))], capture_output=True, text=True,
-                          check=True).stdout.startswith("llama-server version")
+    assert subprocess.run(
+        [str(first.binary("llama-server"))], capture_output=True, text=True, check=True
+    ).stdout.startswith("llama-server version")
     assert seen and seen[-1][0] == seen[-1][1], "progress must reach n == N"
     assert [n for n, _ in seen] == sorted(n for n, _ in seen)
     assert (out / "build-cpu.log").read_text().count("Linking C executable") >= 4
@@ -145,8 +147,13 @@ def test_two_processes_building_same_folder_are_serialized(
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     procs = [
-        subprocess.Popen([sys.executable, "-c", script, str(out), str(src)], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(out), str(src)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     results = [p.communicate(timeout=300) for p in procs]
@@ -167,7 +174,9 @@ def test_failed_compile_raises_with_log_tail_and_leaves_no_stamp(tmp_path: Path)
     assert not (out / "build-cpu" / "lmserv-build.json").exists()
 
 
-def test_git_source_clones_once_then_reuses_checkout(fake_src: tuple[Path, str], tmp_path: Path) -> None:
+def test_git_source_clones_once_then_reuses_checkout(
+    fake_src: tuple[Path, str], tmp_path: Path
+) -> None:
     src, commit = fake_src
     out = tmp_path / "out"
     built = build_llama_cpp(out, source=f"file://{src}", ref=commit, cuda=False, progress=False)
@@ -210,7 +219,7 @@ def test_bad_source_value_is_a_clear_error(tmp_path: Path) -> None:
         build_llama_cpp(tmp_path / "out", source="no-such-thing", cuda=False)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(SourceError, match="not a llama.cpp source folder"):
+    with pytest.raises(SourceError, match=r"not a llama\.cpp source folder"):
         build_llama_cpp(tmp_path / "out", source=empty, cuda=False)
 
 
@@ -222,7 +231,9 @@ def test_bad_arguments(tmp_path: Path) -> None:
 
 
 def test_cuda_required_but_missing_names_what_is_missing(
-    fake_src: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    fake_src: tuple[Path, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # This machine has nvcc but no cuBLAS; hide nvcc too so the message covers both cases.

@@ -13,7 +13,9 @@ from _fake_llama import make_fake_llama
 def _lmserv(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "lmserv", *args],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), **(env or {})),
         check=False,
     )
@@ -33,8 +35,15 @@ def test_build_usage_errors_exit_2() -> None:
 
 
 def test_build_failure_exits_1_with_message(tmp_path: Path) -> None:
-    out = _lmserv("build", "--source", str(tmp_path / "missing"), "--cuda", "off",
-                  "--dir", str(tmp_path / "o"))
+    out = _lmserv(
+        "build",
+        "--source",
+        str(tmp_path / "missing"),
+        "--cuda",
+        "off",
+        "--dir",
+        str(tmp_path / "o"),
+    )
     assert out.returncode == 1
     assert "lmserv: error:" in out.stderr
     assert "Traceback" not in out.stderr

@@ -80,7 +80,9 @@ def test_windows_names(places: dict[str, Path]) -> None:
     assert find_library("llama", platform="win32") == dll
 
 
-def test_library_order(places: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_library_order(
+    places: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for folder in (places["own"], places["path"]):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "libllama.so").write_bytes(b"")

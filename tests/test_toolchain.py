@@ -34,8 +34,12 @@ def test_windows_with_msvc_on_path_uses_ninja() -> None:
     )
     assert tc.generator == "Ninja"
     configure, build = cmake_commands(
-        Path("C:/src/llama.cpp"), Path("C:/out/build-cpu"), {"GGML_RPC": "OFF"},
-        ["llama-server"], tc, jobs=4,
+        Path("C:/src/llama.cpp"),
+        Path("C:/out/build-cpu"),
+        {"GGML_RPC": "OFF"},
+        ["llama-server"],
+        tc,
+        jobs=4,
     )
     assert configure[:1] == [WIN_CMAKE]
     assert "-G" in configure and configure[configure.index("-G") + 1] == "Ninja"
@@ -71,7 +75,10 @@ def test_windows_without_msvc_is_a_clear_error() -> None:
 
 
 def test_windows_uses_pypi_cmake_and_ninja_when_absent() -> None:
-    wheels = {"cmake": r"C:\py\cmake\data\bin\cmake.exe", "ninja": r"C:\py\ninja\data\bin\ninja.exe"}
+    wheels = {
+        "cmake": r"C:\py\cmake\data\bin\cmake.exe",
+        "ninja": r"C:\py\ninja\data\bin\ninja.exe",
+    }
     tc = find_toolchain(
         platform="win32",
         which=_which({"cl": r"C:\VS\cl.exe"}),
@@ -89,14 +96,17 @@ def test_missing_cmake_says_how_to_install() -> None:
 
 def test_missing_compiler_is_named() -> None:
     with pytest.raises(ToolchainMissing, match="C\\+\\+ compiler"):
-        find_toolchain(platform="linux", which=_which({"cmake": "/usr/bin/cmake"}),
-                       pypi_tool=_no_pypi)
+        find_toolchain(
+            platform="linux", which=_which({"cmake": "/usr/bin/cmake"}), pypi_tool=_no_pypi
+        )
 
 
 def test_linux_without_ninja_falls_back_to_makefiles_and_uses_ccache() -> None:
     tc = find_toolchain(
         platform="linux",
-        which=_which({"cmake": "/usr/bin/cmake", "g++": "/usr/bin/g++", "ccache": "/usr/bin/ccache"}),
+        which=_which(
+            {"cmake": "/usr/bin/cmake", "g++": "/usr/bin/g++", "ccache": "/usr/bin/ccache"}
+        ),
         pypi_tool=_no_pypi,
     )
     assert tc.generator == "Unix Makefiles"
