@@ -81,6 +81,14 @@ def test_default_source_falls_back_to_pypi_when_git_unreachable(
     assert "falling back to llama-cpp-python==0.3.36" in caplog.text
 
 
+def test_pypi_source_into_a_new_folder(llama_build: LlamaBuild, tmp_path: Path) -> None:
+    tree = _source.get_source("pypi", None, tmp_path / "not" / "yet" / "there")
+    assert tree.commit == PINNED_COMMIT
+    assert tree.path.is_relative_to(tmp_path)
+    with pytest.raises(SourceError, match=r"holds llama\.cpp commit 0c1e570 only"):
+        _source.get_source("pypi", "deadbeef", tmp_path / "other")
+
+
 # --- builder logic on the miniature project ---------------------------------------------------
 
 
