@@ -29,6 +29,9 @@ def hand_launch(
         [str(find_binary("llama-server")), "-m", str(model), "--port", str(port), *args],
         stdout=out,
         stderr=out,
+        # Its own session, as LlamaServer does: with the kernel's autogroup scheduling a
+        # session is a CPU-share unit, and a busy machine would otherwise skew the comparison.
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     while True:

@@ -15,10 +15,10 @@ the model is loaded; a bad model path exits with code 1 after ``failed to open G
 from __future__ import annotations
 
 import atexit
-import collections
 import contextlib
 import http.client
 import ipaddress
+import itertools
 import logging
 import os
 import re
@@ -34,9 +34,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+import httpx
+
 from lmserv import config
 from lmserv._bootstrap.finder import find_binary
-from lmserv._client import Client
+from lmserv._client import DEFAULT_TIMEOUT, Client
 from lmserv.errors import BinaryNotFound, ServerError, ServerStartError, ServerTimeout
 
 __all__ = ["LlamaServer", "ServerInfo"]
@@ -50,8 +52,7 @@ _BUFFER = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB"
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 _SLOTS = re.compile(r"n_slots = (\d+), n_ctx_slot = (\d+)")
 _LOG_KEEP = 20  # old log files kept in the logs folder
-_LOG_MAX_BYTES = 64 * 1024 * 1024  # a running server's log rotates to .1 past this size
-_TAIL_LINES = 400
+_SERIAL = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -231,10 +232,9 @@ class LlamaServer:
         self._log_path_arg = Path(log_path) if log_path is not None else None
         self.log_path: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._reader: threading.Thread | None = None
-        self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
         self._startup: list[str] = []
-        self._url_found = threading.Event()
+        self._log_offset = 0
+        self._partial = b""
         self._url: str | None = None
         self._info: ServerInfo | None = None
         self._lock = threading.Lock()
@@ -297,9 +297,9 @@ class LlamaServer:
             raise ServerError("LlamaServer.info is known after start(): call start() first")
         return self._info
 
-    def client(self, **kwargs: object) -> Client:
+    def client(self, *, timeout: float | httpx.Timeout = DEFAULT_TIMEOUT) -> Client:
         """A :class:`~lmserv.client.Client` bound to this server (and its api key)."""
-        return Client(self.base_url, api_key=self.api_key, **kwargs)  # type: ignore[arg-type]
+        return Client(self.base_url, api_key=self.api_key, timeout=timeout)
 
     def start(self) -> LlamaServer:
         """Start llama-server and wait until ``/health`` answers 200; return ``self``.
@@ -325,25 +325,26 @@ class LlamaServer:
                 raise
         return self
 
-    def _open_log(self, pid: int) -> IO[bytes]:
+    def _open_log(self) -> IO[bytes]:
         if self._log_path_arg is not None:
             path = self._log_path_arg
         else:
             folder = config.cache_dir() / "logs"
             folder.mkdir(parents=True, exist_ok=True)
-            old = sorted(folder.glob("llama-server-*.log*"), key=lambda p: p.stat().st_mtime)
+            old = sorted(folder.glob("llama-server-*.log"), key=lambda p: p.stat().st_mtime)
             for stale in old[: max(0, len(old) - _LOG_KEEP)]:
                 with contextlib.suppress(OSError):
                     stale.unlink()
-            path = folder / f"llama-server-{time.strftime('%Y%m%d-%H%M%S')}-{pid}.log"
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            path = folder / f"llama-server-{stamp}-{os.getpid()}-{next(_SERIAL)}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = path
         return path.open("wb")
 
     def _launch(self, argv: list[str]) -> None:
-        self._tail.clear()
         self._startup = []
-        self._url_found.clear()
+        self._log_offset = 0
+        self._partial = b""
         self._url = None
         self._info = None
         log.info("starting %s", " ".join(argv))
@@ -355,51 +356,42 @@ class LlamaServer:
             hook = _parent_death_hook()
             if hook is not None:
                 kwargs["preexec_fn"] = hook
-        self._proc = subprocess.Popen(  # an argument list, never a shell
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=self._env(),
-            **kwargs,  # type: ignore[call-overload]
-        )
-        out = self._open_log(self._proc.pid)
-        self._reader = threading.Thread(
-            target=self._pump,
-            args=(self._proc, out),
-            name=f"llama-server-{self._proc.pid}-log",
-            daemon=True,
-        )
-        self._reader.start()
+        # The log goes straight to a file: no pipe that a busy Python process could leave
+        # full, which would stall llama-server's logging and then llama-server itself.
+        with self._open_log() as out:
+            try:
+                self._proc = subprocess.Popen(  # an argument list, never a shell
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=self._env(),
+                    **kwargs,  # type: ignore[call-overload]
+                )
+            except OSError as exc:
+                raise ServerStartError(
+                    f"could not run {argv[0]!r}: {exc}; check that it is an executable "
+                    "llama-server for this machine (or rebuild with `lmserv build`)"
+                ) from exc
         atexit.register(self._terminate)
 
-    def _pump(self, proc: subprocess.Popen[bytes], out: IO[bytes]) -> None:
-        """Copy the process output to the log file and the tail; spot the listening line."""
-        assert proc.stdout is not None
-        written = 0
-        try:
-            for raw in iter(proc.stdout.readline, b""):
-                out.write(raw)
-                out.flush()
-                written += len(raw)
-                line = raw.decode(errors="replace").rstrip("\n")
-                self._tail.append(line)
-                if not self._url_found.is_set():
-                    self._startup.append(line)
-                    if m := _LISTENING.search(line):
-                        self._url = m.group(1).rstrip("/")
-                        self._url_found.set()
-                if written > _LOG_MAX_BYTES and self.log_path is not None:
-                    out.close()
-                    self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
-                    out = self.log_path.open("wb")
-                    written = 0
-        finally:
-            out.close()
+    def _read_startup(self) -> bool:
+        """Read new complete log lines; return True once the listening line was seen."""
+        assert self.log_path is not None
+        with self.log_path.open("rb") as f:
+            f.seek(self._log_offset)
+            data = f.read()
+        self._log_offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for raw in lines:
+            line = raw.decode(errors="replace")
+            self._startup.append(line)
+            if m := _LISTENING.search(line):
+                self._url = m.group(1).rstrip("/")
+                return True
+        return False
 
     def _start_error(self, returncode: int) -> ServerStartError:
-        if self._reader is not None:
-            self._reader.join(timeout=5)  # the last lines carry the reason
         tail = self.log_tail(15)
         errors = [line for line in tail.splitlines() if " E " in line or "error" in line.lower()]
         reason = errors[0].strip() if errors else "(no error line in its log)"
@@ -427,7 +419,8 @@ class LlamaServer:
         assert proc is not None
         deadline = time.monotonic() + self.start_timeout
         # 1) the listening line (with --port 0 it carries the real port)
-        while not self._url_found.wait(0.01):
+        while not self._read_startup():
+            time.sleep(0.005)
             if (code := proc.poll()) is not None:
                 raise self._start_error(code)
             if time.monotonic() > deadline:
@@ -501,10 +494,6 @@ class LlamaServer:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 proc.wait()
-        if self._reader is not None:
-            self._reader.join(timeout=5)
-        if proc.stdout is not None:
-            proc.stdout.close()
         self._url = None
         return proc.returncode
 
@@ -516,7 +505,16 @@ class LlamaServer:
 
     def log_tail(self, lines: int = 50) -> str:
         """The last ``lines`` lines llama-server wrote (the full log is at :attr:`log_path`)."""
-        return "\n".join(list(self._tail)[-lines:])
+        if self.log_path is None:
+            return ""
+        try:
+            with self.log_path.open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - 256 * lines))
+                data = f.read()
+        except OSError:
+            return ""
+        return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
     def __enter__(self) -> LlamaServer:
         return self.start()
