@@ -3,10 +3,12 @@
 Public API (see README.md)::
 
     from lmserv.install import build_llama_cpp, download_models
+    from lmserv import detect_gpus, plan_offload, load_settings
 """
 
 from __future__ import annotations
 
+from lmserv.config import Settings, get_settings, load_settings
 from lmserv.errors import (
     APIError,
     AuthenticationError,
@@ -36,10 +38,12 @@ from lmserv.errors import (
     UnsafeArchive,
     WorkerError,
 )
+from lmserv.gpu import GPU, OffloadPlan, cuda_compute_capabilities, detect_gpus, plan_offload
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GPU",
     "APIError",
     "AuthenticationError",
     "BadRequestError",
@@ -59,13 +63,20 @@ __all__ = [
     "ModelError",
     "ModelNotFound",
     "NotFoundError",
+    "OffloadPlan",
     "ServerError",
     "ServerStartError",
     "ServerTimeout",
     "ServerUnavailable",
+    "Settings",
     "SourceError",
     "ToolchainMissing",
     "UnsafeArchive",
     "WorkerError",
     "__version__",
+    "cuda_compute_capabilities",
+    "detect_gpus",
+    "get_settings",
+    "load_settings",
+    "plan_offload",
 ]
