@@ -211,6 +211,8 @@ def _config_usage(parser: argparse.ArgumentParser) -> Any:
 def _shown(name: str, value: object) -> object:
     if name in config.SECRET_KEYS and value:
         return "***"
+    if isinstance(value, bool):
+        return value  # JSON true/false; printed below as TOML spells it
     return str(value) if isinstance(value, Path) else value
 
 
@@ -254,7 +256,9 @@ def _config_show(args: argparse.Namespace) -> int:
     print(f"config file: {settings.config_file}{state}")
     width = max(len(name) for name, _, _ in rows)
     for name, value, origin in rows:
-        shown = "(unset)" if value is None else value
+        shown = (
+            "(unset)" if value is None else str(value).lower() if isinstance(value, bool) else value
+        )
         print(f"  {name.ljust(width)}  {shown!s:<40}  {colour(str(origin), 'dim')}")
     if settings.catalog:
         print(f"catalog entries from the config file: {', '.join(sorted(settings.catalog))}")
