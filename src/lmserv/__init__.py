@@ -4,10 +4,14 @@ Public API (see README.md)::
 
     from lmserv.install import build_llama_cpp, download_models
     from lmserv import detect_gpus, plan_offload, load_settings
+    from lmserv import LlamaServer, Client, AsyncClient
+    from lmserv.testing import write_counting_model   # test models stay a submodule
 """
 
 from __future__ import annotations
 
+from lmserv._client import AsyncClient, AsyncTextStream, Client, TextStream
+from lmserv._types import ChatCompletion, Completion, Timings
 from lmserv.config import Settings, get_settings, load_settings
 from lmserv.errors import (
     APIError,
@@ -39,17 +43,23 @@ from lmserv.errors import (
     WorkerError,
 )
 from lmserv.gpu import GPU, OffloadPlan, cuda_compute_capabilities, detect_gpus, plan_offload
+from lmserv.server import LlamaServer, ServerInfo
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GPU",
     "APIError",
+    "AsyncClient",
+    "AsyncTextStream",
     "AuthenticationError",
     "BadRequestError",
     "BinaryNotFound",
     "BuildError",
+    "ChatCompletion",
     "ChecksumMismatch",
+    "Client",
+    "Completion",
     "ConfigError",
     "ContextOverflow",
     "DownloadError",
@@ -59,17 +69,21 @@ __all__ = [
     "InvalidModelFile",
     "LibraryMismatch",
     "LlamaError",
+    "LlamaServer",
     "LmservError",
     "ModelError",
     "ModelNotFound",
     "NotFoundError",
     "OffloadPlan",
     "ServerError",
+    "ServerInfo",
     "ServerStartError",
     "ServerTimeout",
     "ServerUnavailable",
     "Settings",
     "SourceError",
+    "TextStream",
+    "Timings",
     "ToolchainMissing",
     "UnsafeArchive",
     "WorkerError",
