@@ -255,6 +255,8 @@ def test_bad_config_is_a_failure_naming_key_file_and_line(tmp_path: Path) -> Non
         assert proc.returncode == 1, args
         assert f"unknown key 'prot' in table [server] of the config file {cfg}:3" in proc.stderr
         assert "Did you mean 'port'?" in proc.stderr and "Traceback" not in proc.stderr
+    assert lmserv("--help", home=tmp_path).returncode == 0  # help never reads the settings
+    assert lmserv("build", "--help", home=tmp_path).returncode == 0
     proc = lmserv("config", "show", home=tmp_path, env={"LMSERV_CONFIG": str(tmp_path / "no.toml")})
     assert proc.returncode == 1 and "does not exist" in proc.stderr
 
