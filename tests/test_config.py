@@ -31,7 +31,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_defaults_without_file_or_environment(isolated: Path, tmp_path: Path) -> None:
     s = load_settings()
     assert s.config_file == isolated and not s.config_file_exists
-    assert (s.server.host, s.server.port, s.server.api_key) == ("127.0.0.1", 8080, None)
+    assert (s.server.host, s.server.port, s.server.api_key) == ("127.0.0.1", None, None)
     assert (s.build.cuda, s.build.jobs, s.build.rpc, s.build.source) == ("auto", None, False, None)
     assert s.download.connections is None and s.models.default is None
     assert s.paths.data == tmp_path / ".local" / "share" / "lmserv"
@@ -170,7 +170,7 @@ def test_lmserv_config_names_the_file(
         ),
         (
             "[server]\nport = 70000\n",
-            r"server\.port .*:2: expected a port number from 1 to 65535, got 70000",
+            r"server\.port .*:2: expected a port number from 1 to 65535 \(0 or 'auto': a free one\), got 70000",
         ),
         ("[server]\nport = true\n", r"server\.port .*:2: expected a whole number"),
         ("[build]\ncuda = 'maybe'\n", r"build\.cuda .*:2: expected 'auto', 'on' or 'off'"),
@@ -224,7 +224,16 @@ def test_bad_argument(isolated: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown setting 'server\.prot' .*'server\.port'"):
         load_settings({"server.prot": 1})
     with pytest.raises(ConfigError, match=r"server\.port in the argument server\.port"):
-        load_settings({"server.port": 0})
+        load_settings({"server.port": -1})
+
+
+def test_port_zero_or_auto_means_a_free_port(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LMSERV_SERVER_PORT", "0")
+    assert load_settings().server.port is None
+    assert load_settings({"server.port": "auto"}).server.port is None
+    assert load_settings({"server.port": 8080}).server.port == 8080
 
 
 def test_counts_accept_auto(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -106,7 +106,7 @@ class ServerSettings:
     """Table ``[server]``: how ``lmserv serve`` binds and protects ``llama-server``."""
 
     host: str
-    port: int
+    port: int | None  # None: a free port chosen at start
     api_key: str | None
 
 
@@ -167,11 +167,14 @@ def _as_int(value: object, *, env: bool) -> int:
     return value
 
 
-def _as_port(value: object, *, env: bool) -> int:
+def _as_port(value: object, *, env: bool) -> int | None:
+    """A TCP port; 0 (or "auto") means "any free port"."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
     port = _as_int(value, env=env)
-    if not 1 <= port <= 65535:
-        raise _Bad(f"expected a port number from 1 to 65535, got {port}")
-    return port
+    if not 0 <= port <= 65535:
+        raise _Bad(f"expected a port number from 1 to 65535 (0 or 'auto': a free one), got {port}")
+    return port or None
 
 
 def _as_count(value: object, *, env: bool) -> int | None:
@@ -238,7 +241,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("paths", "cache", _plain(_as_path), "re-fetchable files (source archives)"),
     _Spec("models", "default", _plain(_as_optional_str), "model used when none is named"),
     _Spec("server", "host", _plain(_as_host), "address llama-server binds"),
-    _Spec("server", "port", _envaware(_as_port), "port llama-server listens on"),
+    _Spec("server", "port", _envaware(_as_port), "port llama-server listens on (0: free)"),
     _Spec("server", "api_key", _plain(_as_optional_str), "API key clients must send"),
     _Spec("build", "cuda", _plain(_as_cuda), "CUDA build: auto, on or off"),
     _Spec("build", "jobs", _envaware(_as_count), "parallel compile jobs (0: all cores)"),
@@ -253,7 +256,7 @@ SECRET_KEYS = frozenset({"server.api_key"})
 _STATIC_DEFAULTS: dict[str, object] = {
     "models.default": None,
     "server.host": "127.0.0.1",
-    "server.port": 8080,
+    "server.port": None,
     "server.api_key": None,
     "build.cuda": "auto",
     "build.jobs": None,
