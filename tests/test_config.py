@@ -99,8 +99,9 @@ def test_empty_env_variable_counts_as_unset(
 
 def test_paths_follow_data_folder(isolated: Path, tmp_path: Path) -> None:
     isolated.parent.mkdir(parents=True)
-    _write(isolated, f'[paths]\ndata = "{tmp_path / "d"}"\nbuilds = "~/b"\n')
+    _write(isolated, f'[paths]\ndata = "{tmp_path / "d"}"\nbuilds = "~/b"\ncache = "c"\n')
     s = load_settings()
+    assert s.paths.cache == isolated.parent / "c"  # relative to the config file
     assert s.paths.models == tmp_path / "d" / "models"
     assert s.origin("paths.models") == Origin("default", "paths.data/models")
     assert s.paths.builds == tmp_path / "b"  # ~ is the (temporary) home

@@ -165,6 +165,8 @@ def test_cuda_visible_devices_filters_and_renumbers(
         == 1
     )
     assert detect_gpus(nvml=None, platform="linux", environ={"CUDA_VISIBLE_DEVICES": ""}) == []
+    mig = {"CUDA_VISIBLE_DEVICES": "MIG-4b2c0d9e-1f3a-5b6c-8d7e-9f0a1b2c3d4e"}
+    assert len(detect_gpus(nvml=None, platform="linux", environ=mig)) == 8  # cannot resolve
 
 
 # --------------------------------------------------------------------------- NVML

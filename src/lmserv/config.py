@@ -11,6 +11,7 @@ defaults < the config file < ``LMSERV_*`` environment variables < explicit argum
 (``load_settings(overrides={"server.port": 9000})``, which the CLI fills from its flags). Each
 value remembers where it came from (:class:`Origin`); ``lmserv config show`` prints both.
 
+Relative folders in the file are relative to the file's folder; ``~`` is the home folder.
 Unknown tables or keys and bad values raise :class:`~lmserv.errors.ConfigError` naming the key,
 the file and the line. Extra catalog entries go in ``[catalog.<name>]`` tables
 (:func:`user_catalog`); the environment has no equivalent for them.
@@ -493,7 +494,10 @@ def load_settings(
         if spec.name in data.values:
             raw, line = data.values[spec.name]
             where = f"the config file {_where(data.path, line)}"
-            values[spec.name] = _parse(spec, raw, env=False, where=where)
+            value = _parse(spec, raw, env=False, where=where)
+            if isinstance(value, Path) and not value.is_absolute():
+                value = data.path.parent / value  # relative to the file, not to the cwd
+            values[spec.name] = value
             origins[spec.name] = Origin("file", _where(data.path, line))
         raw_env = environ.get(spec.env)
         if raw_env:  # an empty variable counts as unset, as shells make that easy to do
