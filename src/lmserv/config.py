@@ -580,7 +580,9 @@ def _fingerprint() -> tuple[object, ...]:
         stamp: tuple[object, ...] = (st.st_mtime_ns, st.st_size)
     except OSError:
         stamp = ()
-    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIX)))
+    # platformdirs' answers depend on HOME / XDG_* (and APPDATA on Windows) too.
+    prefixes = (_ENV_PREFIX, "XDG_", "HOME", "APPDATA", "LOCALAPPDATA", "USERPROFILE")
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(prefixes)))
     return (str(path), stamp, env)
 
 
