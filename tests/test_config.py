@@ -252,3 +252,12 @@ def test_unknown_env_in_a_known_table_is_only_warned(
     load_settings()
     assert "LMSERV_SERVER_PROT is not an lmserv setting" in caplog.text
     assert "LMSERV_TEST_BUILD_DIR" not in caplog.text
+
+
+def test_cached_folders_follow_home(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LMSERV_CONFIG", str(_write(tmp_path / "fixed.toml", "")))
+    first = config.data_dir()
+    monkeypatch.setenv("HOME", str(tmp_path / "other"))
+    assert config.data_dir() == tmp_path / "other" / ".local" / "share" / "lmserv" != first
