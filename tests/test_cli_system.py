@@ -294,7 +294,10 @@ def test_doctor_on_this_machine(tmp_path: Path, llama_build: LlamaBuild) -> None
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(proc.stdout)
     checks = _checks(data)
-    assert data["ok"] is True
+    assert data["ok"] is True and set(data) == {"ok", "checks"}
+    for check in data["checks"]:
+        assert set(check) == {"name", "status", "summary", "fix", "details"}
+        assert check["status"] in ("ok", "warn", "fail", "info")
     assert checks["config"]["status"] == "ok"
     assert {checks[n]["status"] for n in ("cmake", "compiler", "toolchain")} == {"ok"}
     server = checks["llama-server"]
