@@ -465,7 +465,12 @@ def _explain(
     ]
     if not gpus:
         lines.append("no GPU: everything runs on the CPU (-ngl 0)")
-        lines.append(f"host memory needed: about {_gib(sum(costs.unit_bytes) + shape.input_bytes)}")
+        host = sum(costs.unit_bytes) + shape.input_bytes + shape.other_bytes
+        compute = costs.activations + costs.attention + costs.logits
+        lines.append(
+            f"host memory needed: weights + KV {_gib(host)} + compute {_gib(compute)} "
+            f"= about {_gib(host + compute)}"
+        )
         return "\n".join(lines) + "\n"
     for g, budget in zip(gpus, budgets, strict=True):
         lines.append(
