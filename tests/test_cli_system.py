@@ -376,3 +376,23 @@ def test_colour_only_on_a_tty(tmp_path: Path) -> None:
     assert "\x1b[31m" in _on_a_tty(["doctor"], env)
     assert "\x1b[" not in _on_a_tty(["doctor"], {**env, "NO_COLOR": "1"})
     assert "\x1b[" not in lmserv("doctor", home=tmp_path).stdout
+
+
+def test_plan_asks_the_real_llama_server_about_fit(tmp_path: Path, llama_build: LlamaBuild) -> None:
+    model = write_llama_gguf(tmp_path / "tiny.gguf")
+    env = {"LLAMA_BIN_DIR": str(llama_build.bin_dir), "PATH": str(tmp_path)}
+    data = as_json(lmserv("plan", str(model), "--json", home=tmp_path, env=env))
+    assert data["llama_fit"] is True  # the pinned build has --fit
+    assert data["server_args"] == ["-c", "2048", "-np", "1"]
+    # An older llama-server whose --help has no --fit gets the explicit plan.
+    old = tmp_path / "old-bin"
+    old.mkdir()
+    script = old / "llama-server"
+    script.write_text(
+        "#!/bin/sh\necho '-ngl, --gpu-layers N   number of layers to store in VRAM'\n"
+    )
+    script.chmod(0o755)
+    data = as_json(
+        lmserv("plan", str(model), "--json", home=tmp_path, env={**env, "LLAMA_BIN_DIR": str(old)})
+    )
+    assert data["llama_fit"] is False and data["server_args"] == data["explicit_args"]
