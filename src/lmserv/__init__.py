@@ -3,6 +3,7 @@
 Public API (see README.md)::
 
     from lmserv.install import build_llama_cpp, download_models
+    from lmserv import detect_gpus, plan_offload, load_settings
     from lmserv import LlamaServer, Client, AsyncClient
     from lmserv.testing import write_counting_model   # test models stay a submodule
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from lmserv._client import AsyncClient, AsyncTextStream, Client, TextStream
 from lmserv._types import ChatCompletion, Completion, Timings
+from lmserv.config import Settings, get_settings, load_settings
 from lmserv.errors import (
     APIError,
     AuthenticationError,
@@ -40,11 +42,13 @@ from lmserv.errors import (
     UnsafeArchive,
     WorkerError,
 )
+from lmserv.gpu import GPU, OffloadPlan, cuda_compute_capabilities, detect_gpus, plan_offload
 from lmserv.server import LlamaServer, ServerInfo
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GPU",
     "APIError",
     "AsyncClient",
     "AsyncTextStream",
@@ -70,11 +74,13 @@ __all__ = [
     "ModelError",
     "ModelNotFound",
     "NotFoundError",
+    "OffloadPlan",
     "ServerError",
     "ServerInfo",
     "ServerStartError",
     "ServerTimeout",
     "ServerUnavailable",
+    "Settings",
     "SourceError",
     "TextStream",
     "Timings",
@@ -82,4 +88,9 @@ __all__ = [
     "UnsafeArchive",
     "WorkerError",
     "__version__",
+    "cuda_compute_capabilities",
+    "detect_gpus",
+    "get_settings",
+    "load_settings",
+    "plan_offload",
 ]
