@@ -28,11 +28,14 @@ COUNTING = "counting"
 
 
 def resolve_model(spec: str | None) -> Path:
-    """A local GGUF path for ``spec``: a file, ``counting`` (default), or a catalog name/URL.
+    """A local GGUF path for ``spec``: a file, ``counting``, or a catalog name/URL.
 
+    ``None`` means the ``models.default`` setting, else ``counting``.
     Raises :class:`~lmserv.errors.ModelNotFound` when nothing matches.
     """
-    if spec is None or spec == COUNTING:
+    if spec is None:
+        spec = config.load_settings().models.default or COUNTING
+    if spec == COUNTING:
         return write_counting_model(config.models_dir() / "counting.gguf")
     path = Path(spec).expanduser()
     if path.is_file():
@@ -95,9 +98,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Start llama-server for MODEL, print its URL, and stop it cleanly on Ctrl-C.",
     )
     p.add_argument("model", nargs="?", default=None, help="GGUF path, catalog name, or 'counting'")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--host", default=None, help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
-    p.add_argument("--api-key", default=None, help="require this key (Authorization: Bearer)")
+    p.add_argument(
+        "--api-key", default=None, help="require this key (Authorization: Bearer); see [server]"
+    )
     _server_options(p)
     p.set_defaults(func=_serve)
 
@@ -130,7 +135,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    server = _make_server(args, host=args.host, port=args.port, api_key=args.api_key)
+    # Flags over LMSERV_SERVER_* over the config file's [server] table.
+    settings = config.load_settings(
+        overrides={
+            "server.host": args.host,
+            "server.port": args.port,
+            "server.api_key": args.api_key,
+        }
+    ).server
+    port = settings.port or None  # 0 and None both mean a free port
+    server = _make_server(args, host=settings.host, port=port, api_key=settings.api_key)
     _sigterm_as_interrupt()
     try:
         server.start()
@@ -159,7 +173,8 @@ class _Session:
     def __init__(self, args: argparse.Namespace) -> None:
         self.server: LlamaServer | None = None
         if args.url:
-            self.client = Client(args.url, api_key=args.api_key)
+            key = config.load_settings(overrides={"server.api_key": args.api_key}).server.api_key
+            self.client = Client(args.url, api_key=key)
         else:
             self.server = _make_server(args).start()
             self.client = self.server.client()
