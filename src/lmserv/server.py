@@ -479,8 +479,9 @@ class LlamaServer:
             try:
                 proc.wait(min(1.0, self.stop_timeout))
             except subprocess.TimeoutExpired:
-                # A SIGTERM that lands just after "listening on", before llama-server's task
-                # loop starts, is lost (seen at 0c1e570); a second one makes it exit(1) at once.
+                # Seen under load at 0c1e570 (not reproduced since): a server stopped right
+                # after start ignored its first SIGTERM. A second one makes llama-server's
+                # handler call exit(1) at once (tools/server/server.cpp, signal_handler).
                 with contextlib.suppress(ProcessLookupError):
                     proc.terminate()
             try:
