@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
@@ -199,15 +200,24 @@ def _free_port(host: str) -> int:
         return port
 
 
-def _port_in_use(host: str, port: int) -> bool:
+def _bind_problem(host: str, port: int | None) -> str | None:
+    """Why ``ggml-rpc-server`` could not bind ``host:port`` (``port=None``: any port), or None."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # Same option as ggml-rpc-server, so a port in TIME_WAIT counts as free as it does for it.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
+            sock.bind((host, port or 0))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    "the port is already in use (another worker?). Stop that process, or choose "
+                    "another port (port=None picks a free one)"
+                )
+            return (
+                f"the address cannot be bound ({exc.strerror or exc}); use 127.0.0.1, 0.0.0.0 "
+                "or one of this machine's own IPv4 addresses"
+            )
+    return None
 
 
 def _connect_host(host: str) -> str:
@@ -347,6 +357,29 @@ class RpcWorker:
             args.append("--cache")
         return args
 
+    def exposed_devices(self, timeout: float = 2.0) -> list[str]:
+        """The devices the running worker exposes, as its log lists them (``"CPU: ... (N MiB, ...)"``).
+
+        ``ggml-rpc-server`` writes that list to a buffered stdout that is flushed when its first
+        client connects (the readiness probe does), so this waits up to ``timeout`` seconds for
+        it; ``[]`` if it never appears.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_tail(200)
+            lines = text.splitlines()
+            if "Devices:" in lines and any(line.strip().startswith("transport") for line in lines):
+                start = lines.index("Devices:") + 1
+                found = []
+                for line in lines[start:]:
+                    if line.strip().startswith("transport") or not line.startswith("  "):
+                        break
+                    found.append(line.strip())
+                return found
+            if time.monotonic() > deadline or not self.running:
+                return []
+            time.sleep(0.05)
+
     def log_tail(self, lines: int = 40) -> str:
         """The last ``lines`` lines of the worker's log ('' before the first start)."""
         return _read_tail(self.log_path, lines) if self.log_path is not None else ""
@@ -372,18 +405,19 @@ class RpcWorker:
                     "RPC worker binding %s:%s. SECURITY WARNING: %s",
                     self.host,
                     self._requested_port or "(free port)",
-                    SECURITY_WARNING.format(endpoint=f"{self.host}:<port>"),
+                    SECURITY_WARNING.format(
+                        endpoint=f"{self.host}:{self._requested_port or '<port>'}"
+                    ),
                 )
             tries = _PORT_RETRIES if self._requested_port is None else 1
             for attempt in range(1, tries + 1):
-                port = self._requested_port or _free_port(self.host)
-                if self._requested_port is not None and _port_in_use(self.host, port):
+                problem = _bind_problem(self.host, self._requested_port)
+                if problem is not None:
+                    where = f"{self.host}:{self._requested_port or '<free port>'}"
                     raise WorkerError(
-                        f"cannot start RPC worker on {self.host}:{port}: the port is already in "
-                        "use (another worker?). Stop that process, or choose another port "
-                        "(port=None picks a free one).",
-                        endpoint=f"{self.host}:{port}",
+                        f"cannot start RPC worker on {where}: {problem}.", endpoint=where
                     )
+                port = self._requested_port or _free_port(self.host)
                 try:
                     self._launch(port)
                     return self
