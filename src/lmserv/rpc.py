@@ -99,6 +99,11 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
         )
     text = endpoint.strip()
     form = "use 'host:port' with an IPv4 address or host name, e.g. '192.168.1.10:50052'"
+    if "," in text:
+        raise ConfigError(
+            f"RPC endpoint {endpoint!r} holds several endpoints; pass one 'host:port' per list "
+            "item, e.g. rpc=['10.0.0.2:50052', '10.0.0.3:50052']"
+        )
     if text.count(":") != 1:
         why = (
             "has no ':port'" if ":" not in text else "has more than one ':' (IPv6 is not supported)"
