@@ -7,6 +7,7 @@ Public API (see README.md)::
 
 from __future__ import annotations
 
+from lmserv._multigpu import SplitOptions, split_options
 from lmserv.errors import (
     APIError,
     AuthenticationError,
@@ -36,6 +37,7 @@ from lmserv.errors import (
     UnsafeArchive,
     WorkerError,
 )
+from lmserv.rpc import RpcWorker, parse_endpoint, probe_endpoint
 
 __version__ = "0.1.0"
 
@@ -59,13 +61,18 @@ __all__ = [
     "ModelError",
     "ModelNotFound",
     "NotFoundError",
+    "RpcWorker",
     "ServerError",
     "ServerStartError",
     "ServerTimeout",
     "ServerUnavailable",
     "SourceError",
+    "SplitOptions",
     "ToolchainMissing",
     "UnsafeArchive",
     "WorkerError",
     "__version__",
+    "parse_endpoint",
+    "probe_endpoint",
+    "split_options",
 ]
