@@ -9,7 +9,7 @@ memory.free,compute_cap,driver_version --format=csv,noheader,nounits`` rows of t
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,50 +24,38 @@ from lmserv._multigpu import (
     tensor_mode_args,
 )
 from lmserv.errors import ConfigError
+from lmserv.gpu import GPU, parse_nvidia_smi_csv
 from lmserv.install import LlamaBuild
 
 TWO_GPUS_CSV = """\
-0, NVIDIA GeForce RTX 4090, 24564, 23985, 8.9, 550.90.07
-1, NVIDIA GeForce RTX 3060, 12288, 11855, 8.6, 550.90.07
+0, GPU-5f1c9a2e-1b7d-4c1e-9a53-0e6f2b8d7c11, NVIDIA GeForce RTX 4090, 24564, 23985, 8.9, 550.90.07
+1, GPU-0a8e4f7b-6c2d-4e9f-8b1a-3d5c7e9f1a22, NVIDIA GeForce RTX 3060, 12288, 11855, 8.6, 550.90.07
 """
 
 EIGHT_GPUS_CSV = """\
-0, NVIDIA A100-SXM4-80GB, 81920, 81042, 8.0, 535.183.01
-1, NVIDIA A100-SXM4-80GB, 81920, 81042, 8.0, 535.183.01
-2, NVIDIA A100-SXM4-80GB, 81920, 60311, 8.0, 535.183.01
-3, NVIDIA A100-SXM4-80GB, 81920, 81042, 8.0, 535.183.01
-4, NVIDIA A100-SXM4-40GB, 40960, 40370, 8.0, 535.183.01
-5, NVIDIA A100-SXM4-40GB, 40960, 40370, 8.0, 535.183.01
-6, NVIDIA A100-SXM4-40GB, 40960, 40370, 8.0, 535.183.01
-7, NVIDIA A100-SXM4-40GB, 40960, 12007, 8.0, 535.183.01
+index, uuid, name, memory.total [MiB], memory.free [MiB], compute_cap, driver_version
+0, GPU-11111111-0000-4000-8000-000000000000, NVIDIA A100-SXM4-80GB, 81920 MiB, 81042 MiB, 8.0, 535.183.01
+1, GPU-11111111-0000-4000-8000-000000000001, NVIDIA A100-SXM4-80GB, 81920 MiB, 81042 MiB, 8.0, 535.183.01
+2, GPU-11111111-0000-4000-8000-000000000002, NVIDIA A100-SXM4-80GB, 81920 MiB, 60311 MiB, 8.0, 535.183.01
+3, GPU-11111111-0000-4000-8000-000000000003, NVIDIA A100-SXM4-80GB, 81920 MiB, 81042 MiB, 8.0, 535.183.01
+4, GPU-11111111-0000-4000-8000-000000000004, NVIDIA A100-SXM4-40GB, 40960 MiB, 40370 MiB, 8.0, 535.183.01
+5, GPU-11111111-0000-4000-8000-000000000005, NVIDIA A100-SXM4-40GB, 40960 MiB, 40370 MiB, 8.0, 535.183.01
+6, GPU-11111111-0000-4000-8000-000000000006, NVIDIA A100-SXM4-40GB, 40960 MiB, 40370 MiB, 8.0, 535.183.01
+7, GPU-11111111-0000-4000-8000-000000000007, NVIDIA A100-SXM4-40GB, 40960 MiB, 12007 MiB, 8.0, 535.183.01
 """
 
-
-@dataclass(frozen=True)
-class RecordedGPU:
-    index: int
-    name: str
-    total_mib: int
-    free_mib: int
-    compute_capability: str
-    driver: str
-    backend: str = "cuda"
+TWO = parse_nvidia_smi_csv(TWO_GPUS_CSV)
+EIGHT = parse_nvidia_smi_csv(EIGHT_GPUS_CSV)
+ROCM = [replace(g, backend="rocm") for g in TWO]
 
 
-def inventory(csv: str) -> list[RecordedGPU]:
-    gpus = []
-    for line in csv.strip().splitlines():
-        index, name, total, free, cc, driver = (f.strip() for f in line.split(","))
-        gpus.append(RecordedGPU(int(index), name, int(total), int(free), cc, driver))
-    return gpus
+def free_split(gpus: list[GPU]) -> list[float]:
+    return [float(g.free_memory // MIB) for g in gpus]
 
 
-TWO = inventory(TWO_GPUS_CSV)
-EIGHT = inventory(EIGHT_GPUS_CSV)
-
-
-def free_split(gpus: list[RecordedGPU]) -> list[float]:
-    return [float(g.free_mib) for g in gpus]
+def test_recorded_inventories_parse() -> None:
+    assert [g.index for g in EIGHT] == list(range(8))
+    assert EIGHT[7].free_memory == 12007 * MIB and TWO[1].name == "NVIDIA GeForce RTX 3060"
 
 
 # -- flag assembly ----------------------------------------------------------------------------
@@ -97,7 +85,7 @@ def test_eight_gpus_split_by_free_memory() -> None:
 
 def test_devices_by_index_are_named_from_the_inventory() -> None:
     assert split_options(devices=[4, 7], gpus=EIGHT).args() == ["--device", "CUDA4,CUDA7"]
-    assert device_names([RecordedGPU(0, "x", 1, 1, "", "", backend="rocm")]) == ["ROCm0"]
+    assert device_names(ROCM) == ["ROCm0", "ROCm1"]
 
 
 def test_devices_by_name_and_rpc_devices_pass_through() -> None:

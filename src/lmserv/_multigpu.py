@@ -29,6 +29,7 @@ tensor split is set by hand, so lmserv only passes a tensor split when asked to 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -36,7 +37,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from lmserv.errors import ConfigError
+from lmserv._offload import OffloadPlan, plan_offload
+from lmserv.errors import ConfigError, LmservError
+from lmserv.gpu import GPU, detect_gpus
 
 __all__ = [
     "SPLIT_MODES",
@@ -44,6 +47,7 @@ __all__ = [
     "SplitMode",
     "SplitOptions",
     "arg_value",
+    "auto_split",
     "check_no_conflict",
     "default_split",
     "device_names",
@@ -51,6 +55,8 @@ __all__ = [
     "split_options",
     "tensor_mode_args",
 ]
+
+logger = logging.getLogger(__name__)
 
 SplitMode = Literal["layer", "tensor", "none"]
 SPLIT_MODES: tuple[str, ...] = ("layer", "tensor", "none")
@@ -368,21 +374,56 @@ def check_no_conflict(options: SplitOptions, extra_args: Sequence[str]) -> None:
 
 
 def default_split(
-    gpus: Sequence[GPULike], planned_split: Sequence[float] | None, *, rpc: bool = False
+    gpus: Sequence[GPULike],
+    plan: OffloadPlan | None,
+    *,
+    rpc: bool = False,
+    split_mode: str | None = None,
 ) -> SplitOptions:
-    """The options lmserv uses when the caller sets none of them.
+    """The tensor split lmserv passes when the caller sets none (pure; see :func:`auto_split`).
 
-    With fewer than two GPUs there is nothing to split. With RPC workers the plan (made for the
-    local GPUs only) does not describe the devices, whose order starts with the workers, so
-    llama.cpp splits by each device's free memory itself. Otherwise the plan's split (from
-    ``plan_offload``, proportional to free memory) is passed when it has one entry per GPU.
+    Nothing with fewer than two GPUs. Nothing with RPC workers: the plan covers the local GPUs
+    only, while llama.cpp orders the workers' devices first and splits by each device's free
+    memory itself. Nothing when the plan defers to llama.cpp's ``--fit`` (``plan.llama_fit``),
+    which measures the real buffers and gives up if a split is set by hand; except in tensor
+    mode, where ``--fit`` is not implemented, so the plan's split (shares proportional to what
+    fits in free memory) is used. Otherwise the plan's per-GPU layer counts.
     """
-    if len(gpus) < 2 or rpc or planned_split is None:
+    if len(gpus) < 2 or rpc or plan is None:
         return SplitOptions()
-    split = tuple(float(v) for v in planned_split)
+    split = tuple(float(v) for v in plan.tensor_split)
     if len(split) != len(gpus) or sum(split) <= 0:
         return SplitOptions()
+    if plan.llama_fit and split_mode != "tensor":
+        return SplitOptions()
     return SplitOptions(tensor_split=split)
+
+
+def auto_split(
+    model: str | os.PathLike[str],
+    *,
+    gpus: Sequence[GPU] | None = None,
+    ctx_size: int | None = None,
+    parallel: int | None = None,
+    rpc: bool = False,
+    split_mode: str | None = None,
+) -> SplitOptions:
+    """:func:`default_split` over ``detect_gpus()`` (or ``gpus``) and ``plan_offload``.
+
+    Never raises for a model it cannot read: llama-server then reports the file's problem in
+    its own words, so this returns the empty options (logged at DEBUG).
+    """
+    if gpus is None:
+        gpus = detect_gpus()
+    if len(gpus) < 2 or rpc:
+        return SplitOptions()
+    try:
+        plan = plan_offload(model, gpus, ctx_size=ctx_size, parallel=parallel or 1)
+    except (LmservError, ValueError, OSError) as exc:
+        logger.debug("no offload plan for %s: %s", model, exc)
+        return SplitOptions()
+    logger.info("offload plan for %s:\n%s", model, plan.explanation)
+    return default_split(gpus, plan, rpc=rpc, split_mode=split_mode)
 
 
 def server_split_args(
