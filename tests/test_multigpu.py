@@ -19,13 +19,15 @@ from lmserv._multigpu import (
     SplitOptions,
     default_split,
     device_names,
+    llama_server_args,
     server_split_args,
     split_options,
     tensor_mode_args,
 )
 from lmserv.errors import ConfigError
-from lmserv.gpu import GPU, parse_nvidia_smi_csv
+from lmserv.gpu import GPU, parse_nvidia_smi_csv, plan_offload
 from lmserv.install import LlamaBuild
+from lmserv.testing import write_counting_model
 
 TWO_GPUS_CSV = """\
 0, GPU-5f1c9a2e-1b7d-4c1e-9a53-0e6f2b8d7c11, NVIDIA GeForce RTX 4090, 24564, 23985, 8.9, 550.90.07
@@ -44,6 +46,7 @@ index, uuid, name, memory.total [MiB], memory.free [MiB], compute_cap, driver_ve
 7, GPU-11111111-0000-4000-8000-000000000007, NVIDIA A100-SXM4-40GB, 40960 MiB, 12007 MiB, 8.0, 535.183.01
 """
 
+MIB = 1024 * 1024
 TWO = parse_nvidia_smi_csv(TWO_GPUS_CSV)
 EIGHT = parse_nvidia_smi_csv(EIGHT_GPUS_CSV)
 ROCM = [replace(g, backend="rocm") for g in TWO]
@@ -210,13 +213,66 @@ def test_option_given_twice_is_refused() -> None:
 # -- defaults ---------------------------------------------------------------------------------
 
 
-def test_defaults_follow_the_plan_only_when_there_is_something_to_split() -> None:
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real GGUF (the tiny counting model: one layer plus the output), for plan_offload."""
+    return write_counting_model(tmp_path_factory.mktemp("m") / "counting.gguf")
+
+
+def test_defaults_follow_the_plan_only_when_there_is_something_to_split(tiny_model: Path) -> None:
+    fit = plan_offload(tiny_model, TWO, ctx_size=512)
+    explicit = plan_offload(tiny_model, TWO, ctx_size=512, llama_fit=False)
+    assert fit.llama_fit and not explicit.llama_fit
+    assert len(explicit.tensor_split) == 2 and sum(explicit.tensor_split) > 0
+    planned = ",".join(str(n) for n in explicit.tensor_split)
+
     assert default_split([], None) == SplitOptions()
-    assert default_split(TWO[:1], [1.0]) == SplitOptions()
-    assert default_split(TWO, free_split(TWO)).args() == ["--tensor-split", "23985,11855"]
-    assert default_split(TWO, free_split(TWO), rpc=True) == SplitOptions()  # order unknown
-    assert default_split(EIGHT, [1.0, 2.0]) == SplitOptions()  # plan for other GPUs
-    assert default_split(EIGHT, None) == SplitOptions()  # plan leaves it to llama.cpp
+    assert default_split(TWO[:1], plan_offload(tiny_model, TWO[:1])) == SplitOptions()
+    # llama.cpp's --fit does better (and a manual split would switch it off) ...
+    assert default_split(TWO, fit) == SplitOptions()
+    # ... except in tensor mode, where --fit is not implemented.
+    assert default_split(TWO, fit, split_mode="tensor").args() == ["--tensor-split", planned]
+    assert default_split(TWO, explicit).args() == ["--tensor-split", planned]
+    assert default_split(TWO, explicit, rpc=True) == SplitOptions()  # workers come first
+    assert default_split(EIGHT, explicit) == SplitOptions()  # a plan for other GPUs
+
+
+def test_server_args_detect_nothing_without_options(tiny_model: Path) -> None:
+    # gpus=[] would make tensor mode fail: proof that no inventory is consulted here.
+    assert llama_server_args(tiny_model, gpus=[], env={}) == []
+    assert llama_server_args(tiny_model, rpc="10.0.0.2:50052, gpu-2:50053", gpus=[], env={}) == [
+        "--rpc",
+        "10.0.0.2:50052,gpu-2:50053",
+    ]
+
+
+def test_server_args_on_eight_gpus(tiny_model: Path) -> None:
+    args = llama_server_args(
+        tiny_model, split_mode="tensor", gpus=EIGHT, ctx_size=512, parallel=2, env={}
+    )
+    plan = plan_offload(tiny_model, EIGHT, ctx_size=512, parallel=2)
+    split = ",".join(str(n) for n in plan.tensor_split)
+    assert args == ["--split-mode", "tensor", "--tensor-split", split, "--flash-attn", "on"]
+    assert llama_server_args(tiny_model, devices=[6, 7], gpus=EIGHT, env={}) == [
+        "--device",
+        "CUDA6,CUDA7",
+    ]
+
+
+def test_server_args_with_rpc_skip_device_counts(tiny_model: Path) -> None:
+    # A worker may expose several GPUs: a 4-way split over 1 local GPU + 2 workers is allowed.
+    args = llama_server_args(
+        tiny_model,
+        rpc=["10.0.0.2:50052", "10.0.0.3:50052"],
+        tensor_split=[1, 1, 1, 1],
+        gpus=TWO[:1],
+        env={},
+    )
+    assert args == ["--rpc", "10.0.0.2:50052,10.0.0.3:50052", "--tensor-split", "1,1,1,1"]
+    with pytest.raises(ConfigError, match="listed twice"):
+        llama_server_args(tiny_model, rpc=["h:1", "h:1"], gpus=[], env={})
+    with pytest.raises(ConfigError, match="needs at least one GPU"):
+        llama_server_args(tiny_model, split_mode="tensor", gpus=[], env={})
 
 
 # -- the real parser accepts what we assemble -------------------------------------------------

@@ -34,12 +34,13 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from lmserv._offload import OffloadPlan, plan_offload
 from lmserv.errors import ConfigError, LmservError
 from lmserv.gpu import GPU, detect_gpus
+from lmserv.rpc import parse_endpoint
 
 __all__ = [
     "SPLIT_MODES",
@@ -51,6 +52,8 @@ __all__ = [
     "check_no_conflict",
     "default_split",
     "device_names",
+    "llama_server_args",
+    "normalize_endpoints",
     "server_split_args",
     "split_options",
     "tensor_mode_args",
@@ -224,12 +227,13 @@ def split_options(
     devices: str | Sequence[str | int] | None = None,
     *,
     gpus: Sequence[GPULike] | None = None,
-    rpc_devices: int = 0,
+    rpc_devices: int | None = 0,
 ) -> SplitOptions:
     """Validate multi-GPU options against an inventory and return them normalised.
 
     ``gpus`` is the detected inventory (``None``: unknown, so counts are not checked);
-    ``rpc_devices`` the number of devices RPC workers add (one per CPU-only worker). Integer
+    ``rpc_devices`` the number of devices RPC workers add (one per CPU-only worker; ``None``:
+    unknown, as a worker may expose several GPUs, so counts are not checked). Integer
     ``devices`` are GPU indices, named from the inventory. ``main_gpu`` without ``split_mode``
     means ``split_mode="none"`` (one GPU), the only mode in which llama.cpp uses it.
 
@@ -276,12 +280,11 @@ def split_options(
         raise ConfigError("devices='none' disables offloading; it cannot be split across GPUs")
 
     # Counts, when the inventory is known.
+    available: int | None = None
     if names is not None and names != ("none",):
         available = len(names)
-    elif gpus is not None:
+    elif gpus is not None and rpc_devices is not None:
         available = len(gpus) + rpc_devices
-    else:
-        available = None
     if available is not None:
         if split is not None and len(split) > available:
             raise ConfigError(
@@ -442,3 +445,72 @@ def server_split_args(
     if mode is not None and mode.strip().lower() == "tensor":
         out += tensor_mode_args(extra_args, env)
     return out
+
+
+def normalize_endpoints(rpc: str | Sequence[str] | None) -> tuple[str, ...]:
+    """RPC endpoints as ``("host:port", ...)``: a list, or one comma-separated string.
+
+    Validates the form only (no connection); raises :class:`ConfigError` quoting a bad or
+    repeated endpoint.
+    """
+    if rpc is None:
+        return ()
+    items = rpc.split(",") if isinstance(rpc, str) else list(rpc)
+    out: list[str] = []
+    for item in items:
+        host, port = parse_endpoint(item)
+        text = f"{host}:{port}"
+        if text in out:
+            raise ConfigError(f"RPC endpoint {text!r} is listed twice; list each worker once")
+        out.append(text)
+    return tuple(out)
+
+
+def llama_server_args(
+    model: str | os.PathLike[str],
+    *,
+    rpc: Sequence[str] = (),
+    split_mode: str | None = None,
+    tensor_split: str | Sequence[float] | None = None,
+    main_gpu: int | None = None,
+    devices: str | Sequence[str | int] | None = None,
+    extra_args: Sequence[str] = (),
+    ctx_size: int | None = None,
+    parallel: int | None = None,
+    gpus: Sequence[GPU] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> list[str]:
+    """The ``--rpc`` and multi-GPU flags of a ``llama-server`` launch, validated.
+
+    GPUs are detected (``detect_gpus()``, unless ``gpus`` is given) only when an option needs
+    the inventory; with no option set nothing is detected and nothing is added, which is what
+    ``plan_offload`` advises at this llama.cpp commit (its ``--fit`` places layers itself).
+    In tensor mode without a ``tensor_split``, the split comes from ``plan_offload``, since
+    ``--fit`` is not implemented there. Raises :class:`ConfigError` before anything starts.
+    """
+    endpoints = normalize_endpoints(rpc)
+    out = ["--rpc", ",".join(endpoints)] if endpoints else []
+    options_given = any(v is not None for v in (split_mode, tensor_split, main_gpu, devices))
+    if not options_given:
+        return out + server_split_args(SplitOptions(), extra_args, env)
+    if gpus is None:
+        gpus = detect_gpus()
+    opts = split_options(
+        split_mode,
+        tensor_split,
+        main_gpu,
+        devices,
+        gpus=gpus,
+        rpc_devices=None if endpoints else 0,
+    )
+    if opts.split_mode == "tensor" and opts.tensor_split is None and opts.devices is None:
+        planned = auto_split(
+            model,
+            gpus=gpus,
+            ctx_size=ctx_size,
+            parallel=parallel,
+            rpc=bool(endpoints),
+            split_mode="tensor",
+        )
+        opts = replace(opts, tensor_split=planned.tensor_split)
+    return out + server_split_args(opts, extra_args, env)
