@@ -432,8 +432,20 @@ class LlamaServer:
         tail = self.log_tail(15)
         errors = [line for line in tail.splitlines() if " E " in line or "error" in line.lower()]
         reason = errors[0].strip() if errors else "(no error line in its log)"
+        how = f"exited with code {returncode}"
+        if returncode < 0:
+            try:
+                name = signal.Signals(-returncode).name
+            except ValueError:
+                name = f"signal {-returncode}"
+            how = f"was killed by {name}"
+            if name == "SIGILL":
+                reason = (
+                    "illegal instruction: this llama.cpp build uses CPU instructions the "
+                    "machine does not run (rebuild without GGML_NATIVE, or try another quant)"
+                )
         return ServerStartError(
-            f"llama-server exited with code {returncode} while starting with model "
+            f"llama-server {how} while starting with model "
             f"{str(self.model)!r}: {reason}\nlast log lines ({self.log_path}):\n{tail}",
             returncode=returncode,
             log_tail=tail,
