@@ -102,6 +102,15 @@ def test_tensor_split_counts_only_the_chosen_devices() -> None:
         split_options("layer", [1, 1, 1], devices=[0, 5], gpus=EIGHT)
 
 
+def test_model_params_for_in_process_bindings() -> None:
+    # enum llama_split_mode in include/llama.h: NONE 0, LAYER 1, ROW 2, TENSOR 3.
+    params = split_options("tensor", [3, 1], gpus=TWO).model_params()
+    assert params["split_mode"] == 3
+    assert params["tensor_split"] == (3.0, 1.0, *[0.0] * 14)  # llama_max_devices() == 16
+    assert split_options(main_gpu=1).model_params() == {"split_mode": 0, "main_gpu": 1}
+    assert SplitOptions().model_params() == {}
+
+
 def test_main_gpu_means_single_gpu_mode() -> None:
     assert split_options(main_gpu=1, gpus=TWO).args() == ["--split-mode", "none", "--main-gpu", "1"]
 

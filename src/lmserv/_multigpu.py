@@ -122,6 +122,28 @@ class SplitOptions:
             out += ["--device", ",".join(self.devices)]
         return out
 
+    def model_params(self) -> dict[str, object]:
+        """The matching ``llama_model_params`` fields, for in-process bindings (``Llama``).
+
+        ``split_mode`` as the ``enum llama_split_mode`` value (none 0, layer 1, tensor 3),
+        ``main_gpu``, and ``tensor_split`` padded with zeros to ``llama_max_devices()`` (16);
+        fields left to libllama's defaults are absent. ``devices`` are not included: they are
+        ``ggml_backend_dev_t`` handles the bindings look up by name
+        (``ggml_backend_dev_by_name``).
+
+        >>> SplitOptions("tensor", (3.0, 1.0)).model_params()["split_mode"]
+        3
+        """
+        out: dict[str, object] = {}
+        if self.split_mode is not None:
+            out["split_mode"] = {"none": 0, "layer": 1, "tensor": 3}[self.split_mode]
+        if self.main_gpu is not None:
+            out["main_gpu"] = self.main_gpu
+        if self.tensor_split is not None:
+            pad = MAX_TENSOR_SPLIT + 1 - len(self.tensor_split)
+            out["tensor_split"] = (*self.tensor_split, *([0.0] * pad))
+        return out
+
     @property
     def is_default(self) -> bool:
         return self == SplitOptions()
