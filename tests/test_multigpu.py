@@ -156,6 +156,11 @@ def test_limits_of_llama_cpp() -> None:
     split_options(tensor_split=[1] * 10, gpus=EIGHT, rpc_devices=2)
 
 
+def test_split_without_gpus_is_refused() -> None:
+    with pytest.raises(ConfigError, match="no GPU was detected"):
+        split_options(tensor_split=[3, 1], gpus=[])
+
+
 def test_integer_devices_need_an_inventory() -> None:
     with pytest.raises(ConfigError, match="no GPU inventory"):
         split_options(devices=[0])

@@ -308,6 +308,11 @@ def split_options(
     elif gpus is not None and rpc_devices is not None:
         available = len(gpus) + rpc_devices
     if available is not None:
+        if split is not None and available == 0:
+            raise ConfigError(
+                f"tensor_split {[_number(v) for v in split]} was given but no GPU was detected "
+                "on this machine (see `lmserv gpu`), so it would have no effect; drop it"
+            )
         if split is not None and len(split) > available:
             raise ConfigError(
                 f"tensor_split {[_number(v) for v in split]} has {len(split)} entries but only "

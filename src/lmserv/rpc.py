@@ -177,7 +177,12 @@ def check_endpoints(endpoints: Iterable[str], *, timeout: float = 2.0) -> list[s
 
 def _parent_death_signal() -> Callable[[], None] | None:
     """A ``preexec_fn`` asking Linux to SIGTERM the child when this process dies (no orphans)."""
-    if not sys.platform.startswith("linux"):
+    if (
+        not sys.platform.startswith("linux")
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        # The signal fires when the *thread* that forked exits: from a worker thread it would
+        # stop the worker with that thread, so rely on the atexit handler there instead.
         return None
     import ctypes
 
