@@ -113,3 +113,27 @@ def test_serve_cli_with_rpc_and_a_dead_worker(counting: Path, llama_build: Llama
     assert proc.returncode == 1
     assert f"RPC worker 127.0.0.1:{port} is not reachable" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _serve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lmserv", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": SRC},
+    )
+
+
+def test_serve_cli_split_options(counting: Path, llama_build: LlamaBuild) -> None:
+    help_text = _serve("--help").stdout
+    for flag in ("--rpc", "--split-mode", "--tensor-split", "--main-gpu", "--device"):
+        assert flag in help_text
+    assert _serve(str(counting), "--split-mode", "rows").returncode == 2
+    # This machine has no GPU: tensor mode is refused before llama-server starts.
+    proc = _serve(str(counting), "--split-mode", "tensor")
+    assert proc.returncode == 1
+    assert "split_mode='tensor' needs at least one GPU or RPC device" in proc.stderr
+    proc = _serve(str(counting), "--split-mode", "layer", "--server-args", "-sm none")
+    assert proc.returncode == 1
+    assert "split_mode is given twice" in proc.stderr
