@@ -3,7 +3,9 @@
 Public API (see README.md)::
 
     from lmserv.install import build_llama_cpp, download_models
+    from lmserv import detect_gpus, plan_offload, load_settings
     from lmserv import LlamaServer, Client, AsyncClient
+    from lmserv import RpcWorker, split_options          # several machines / GPUs
     from lmserv.testing import write_counting_model   # test models stay a submodule
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 from lmserv._client import AsyncClient, AsyncTextStream, Client, TextStream
 from lmserv._multigpu import SplitOptions, split_options
 from lmserv._types import ChatCompletion, Completion, Timings
+from lmserv.config import Settings, get_settings, load_settings
 from lmserv.errors import (
     APIError,
     AuthenticationError,
@@ -41,12 +44,14 @@ from lmserv.errors import (
     UnsafeArchive,
     WorkerError,
 )
+from lmserv.gpu import GPU, OffloadPlan, cuda_compute_capabilities, detect_gpus, plan_offload
 from lmserv.rpc import RpcWorker, parse_endpoint, probe_endpoint
 from lmserv.server import LlamaServer, ServerInfo
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GPU",
     "APIError",
     "AsyncClient",
     "AsyncTextStream",
@@ -72,12 +77,14 @@ __all__ = [
     "ModelError",
     "ModelNotFound",
     "NotFoundError",
+    "OffloadPlan",
     "RpcWorker",
     "ServerError",
     "ServerInfo",
     "ServerStartError",
     "ServerTimeout",
     "ServerUnavailable",
+    "Settings",
     "SourceError",
     "SplitOptions",
     "TextStream",
@@ -86,7 +93,12 @@ __all__ = [
     "UnsafeArchive",
     "WorkerError",
     "__version__",
+    "cuda_compute_capabilities",
+    "detect_gpus",
+    "get_settings",
+    "load_settings",
     "parse_endpoint",
+    "plan_offload",
     "probe_endpoint",
     "split_options",
 ]

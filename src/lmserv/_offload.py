@@ -77,8 +77,11 @@ class ModelShape:
 
     @property
     def weights_bytes(self) -> int:
-        return sum(self.layer_bytes) + self.input_bytes + self.other_bytes + (
-            0 if self.tied_output else self.output_bytes
+        return (
+            sum(self.layer_bytes)
+            + self.input_bytes
+            + self.other_bytes
+            + (0 if self.tied_output else self.output_bytes)
         )
 
 
@@ -131,7 +134,7 @@ def read_model_shape(model_path: str | os.PathLike[str]) -> ModelShape:
     n_embd = int(_field(reader, f"{arch}.embedding_length") or 0)
     heads = _ints(_field(reader, f"{arch}.attention.head_count"), n_layer, 0)
     heads_kv = _ints(_field(reader, f"{arch}.attention.head_count_kv"), n_layer, 0)
-    heads_kv = [kv or h for kv, h in zip(heads_kv, heads)]
+    heads_kv = [kv or h for kv, h in zip(heads_kv, heads, strict=True)]
     n_head = max(heads) if heads else 0
     default_dim = n_embd // n_head if n_head else 0
     k_len = int(_field(reader, f"{arch}.attention.key_length") or default_dim)
@@ -277,7 +280,7 @@ def _fits(
     out: list[tuple[int, int, int]] = []
     unit = start
     last = len(costs.unit_bytes) - 1
-    for count, budget in zip(counts, budgets):
+    for count, budget in zip(counts, budgets, strict=True):
         units = range(unit, unit + count)
         unit += count
         if not count:
@@ -357,7 +360,9 @@ def plan_offload(
     tokens = ctx * parallel
     per_value = KV_TYPE_BYTES[cache_type]
     unit_kv = [int(tokens * v * per_value) for v in shape.kv_values_per_token] + [0]
-    unit_bytes = [w + kv for w, kv in zip([*shape.layer_bytes, shape.output_bytes], unit_kv)]
+    unit_bytes = [
+        w + kv for w, kv in zip([*shape.layer_bytes, shape.output_bytes], unit_kv, strict=True)
+    ]
     costs = _Costs(
         unit_bytes=tuple(unit_bytes),
         unit_kv=tuple(unit_kv),
@@ -395,7 +400,7 @@ def plan_offload(
             compute_bytes=compute,
             holds_output=bool(c) and sum(counts[: i + 1]) == ngl,
         )
-        for i, (g, c, (used, kv, compute)) in enumerate(zip(gpus, counts, placed))
+        for i, (g, c, (used, kv, compute)) in enumerate(zip(gpus, counts, placed, strict=True))
     )
     host = shape.input_bytes + shape.other_bytes + sum(unit_bytes[:start])
     kv_total = sum(unit_kv)
@@ -457,7 +462,7 @@ def _explain(
         lines.append("no GPU: everything runs on the CPU (-ngl 0)")
         lines.append(f"host memory needed: about {_gib(sum(costs.unit_bytes) + shape.input_bytes)}")
         return "\n".join(lines) + "\n"
-    for g, budget in zip(gpus, budgets):
+    for g, budget in zip(gpus, budgets, strict=True):
         lines.append(
             f"GPU {g.index} {g.name}: free {_gib(g.free_memory)} - reserve "
             f"{_gib(g.free_memory - budget if budget else g.free_memory)} = usable {_gib(budget)}"

@@ -459,7 +459,7 @@ def load_settings(
     overrides: Mapping[str, object] | None = None,
     *,
     env: Mapping[str, str] | None = None,
-    file: str | os.PathLike[str] | None | Literal["auto"] = "auto",
+    file: str | os.PathLike[str] | Literal["auto"] | None = "auto",
 ) -> Settings:
     """Resolve every setting: defaults < config file < environment < ``overrides``.
 
@@ -475,9 +475,7 @@ def load_settings(
     data = _FileData(Path(), False, {}, {})
     path: Path | None = None
     if file == "auto":
-        path = (
-            Path(environ[CONFIG_ENV]).expanduser() if environ.get(CONFIG_ENV) else config_file()
-        )
+        path = Path(environ[CONFIG_ENV]).expanduser() if environ.get(CONFIG_ENV) else config_file()
         data = _read_file(path, required=bool(environ.get(CONFIG_ENV)))
     elif file is not None:
         path = Path(file).expanduser()

@@ -182,7 +182,7 @@ def parse_nvidia_smi_csv(text: str) -> list[GPU]:
         if len(row) != len(fields):
             log.debug("skipping nvidia-smi row %r (expected %d fields)", row, len(fields))
             continue
-        rec = {key: value.strip() for key, value in zip(fields, row)}
+        rec = {key: value.strip() for key, value in zip(fields, row, strict=True)}
         total = _mib(rec.get("memory.total", ""))
         free = _mib(rec.get("memory.free", ""))
         if not rec.get("index", "").isdigit() or total is None:
@@ -375,7 +375,14 @@ def detect_gpus(
     rocm_smi = which("rocm-smi")
     if rocm_smi:
         out = run(
-            [rocm_smi, "--showproductname", "--showmeminfo", "vram", "--showdriverversion", "--json"]
+            [
+                rocm_smi,
+                "--showproductname",
+                "--showmeminfo",
+                "vram",
+                "--showdriverversion",
+                "--json",
+            ]
         )
         rocm = parse_rocm_smi_json(out) if out else []
         gpus += _visible(rocm, env.get("HIP_VISIBLE_DEVICES") or env.get("ROCR_VISIBLE_DEVICES"))
