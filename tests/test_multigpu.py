@@ -1,15 +1,15 @@
 """Multi-GPU options: validation and flag assembly on recorded inventories, flags checked
 against the real pinned ``llama-server`` argument parser.
 
-No GPU is needed: the inventories below are ``nvidia-smi --query-gpu=index,name,memory.total,
-memory.free,compute_cap,driver_version --format=csv,noheader,nounits`` rows of two machines
-(a desktop with two different cards, a server with 80 GB and 40 GB A100s).
+No GPU is needed (none was available to this work): the inventories are the GPU-tool outputs in
+``tests/data/gpu`` (2 mixed GeForce cards, 8 mixed 80/40 GB A100s, 2 MI210s), in the tools' exact
+layouts with real cards' memory sizes, hand-written as that folder's README says, parsed by
+``lmserv.gpu`` as on a real machine.
 """
 
 from __future__ import annotations
 
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,31 +25,16 @@ from lmserv._multigpu import (
     tensor_mode_args,
 )
 from lmserv.errors import ConfigError
-from lmserv.gpu import GPU, parse_nvidia_smi_csv, plan_offload
+from lmserv.gpu import GPU, parse_nvidia_smi_csv, parse_rocm_smi_json, plan_offload
 from lmserv.install import LlamaBuild
 from lmserv.testing import write_counting_model
 
-TWO_GPUS_CSV = """\
-0, GPU-5f1c9a2e-1b7d-4c1e-9a53-0e6f2b8d7c11, NVIDIA GeForce RTX 4090, 24564, 23985, 8.9, 550.90.07
-1, GPU-0a8e4f7b-6c2d-4e9f-8b1a-3d5c7e9f1a22, NVIDIA GeForce RTX 3060, 12288, 11855, 8.6, 550.90.07
-"""
-
-EIGHT_GPUS_CSV = """\
-index, uuid, name, memory.total [MiB], memory.free [MiB], compute_cap, driver_version
-0, GPU-11111111-0000-4000-8000-000000000000, NVIDIA A100-SXM4-80GB, 81920 MiB, 81042 MiB, 8.0, 535.183.01
-1, GPU-11111111-0000-4000-8000-000000000001, NVIDIA A100-SXM4-80GB, 81920 MiB, 81042 MiB, 8.0, 535.183.01
-2, GPU-11111111-0000-4000-8000-000000000002, NVIDIA A100-SXM4-80GB, 81920 MiB, 60311 MiB, 8.0, 535.183.01
-3, GPU-11111111-0000-4000-8000-000000000003, NVIDIA A100-SXM4-80GB, 81920 MiB, 81042 MiB, 8.0, 535.183.01
-4, GPU-11111111-0000-4000-8000-000000000004, NVIDIA A100-SXM4-40GB, 40960 MiB, 40370 MiB, 8.0, 535.183.01
-5, GPU-11111111-0000-4000-8000-000000000005, NVIDIA A100-SXM4-40GB, 40960 MiB, 40370 MiB, 8.0, 535.183.01
-6, GPU-11111111-0000-4000-8000-000000000006, NVIDIA A100-SXM4-40GB, 40960 MiB, 40370 MiB, 8.0, 535.183.01
-7, GPU-11111111-0000-4000-8000-000000000007, NVIDIA A100-SXM4-40GB, 40960 MiB, 12007 MiB, 8.0, 535.183.01
-"""
+DATA = Path(__file__).parent / "data" / "gpu"  # shared with test_gpu.py; see its README
 
 MIB = 1024 * 1024
-TWO = parse_nvidia_smi_csv(TWO_GPUS_CSV)
-EIGHT = parse_nvidia_smi_csv(EIGHT_GPUS_CSV)
-ROCM = [replace(g, backend="rocm") for g in TWO]
+TWO = parse_nvidia_smi_csv((DATA / "nvidia-smi-2gpu-units.csv").read_text())
+EIGHT = parse_nvidia_smi_csv((DATA / "nvidia-smi-8gpu-nounits.csv").read_text())
+ROCM = parse_rocm_smi_json((DATA / "rocm-smi-2gpu.json").read_text())
 
 
 def free_split(gpus: list[GPU]) -> list[float]:
@@ -58,7 +43,8 @@ def free_split(gpus: list[GPU]) -> list[float]:
 
 def test_recorded_inventories_parse() -> None:
     assert [g.index for g in EIGHT] == list(range(8))
-    assert EIGHT[7].free_memory == 12007 * MIB and TWO[1].name == "NVIDIA GeForce RTX 3060"
+    assert EIGHT[6].free_memory == 2150 * MIB and TWO[1].name == "NVIDIA GeForce RTX 3060"
+    assert [g.backend for g in ROCM] == ["rocm", "rocm"]
 
 
 # -- flag assembly ----------------------------------------------------------------------------
@@ -83,7 +69,7 @@ def test_tensor_split_string_forms_match_llama_cpp() -> None:
 
 def test_eight_gpus_split_by_free_memory() -> None:
     opts = split_options("layer", free_split(EIGHT), gpus=EIGHT)
-    assert opts.args()[3] == "81042,81042,60311,81042,40370,40370,40370,12007"
+    assert opts.args()[3] == "81050,40217,81050,81050,40326,40326,2150,40326"
 
 
 def test_devices_by_index_are_named_from_the_inventory() -> None:
