@@ -188,6 +188,8 @@ def test_worker_dies_with_its_parent(llama_build: LlamaBuild, tmp_path: Path) ->
     finally:
         parent.kill()
         parent.wait()
+        if parent.stdout is not None:
+            parent.stdout.close()
     _wait_gone(pid)
 
 
