@@ -74,11 +74,18 @@ def test_probe_names_the_dead_worker() -> None:
     assert e.value.endpoint == f"127.0.0.1:{port}"
 
 
-def test_check_endpoints_refuses_duplicates(listener: socket.socket) -> None:
-    port = listener.getsockname()[1]
-    assert check_endpoints([f" 127.0.0.1:{port}"]) == [f"127.0.0.1:{port}"]
+def test_check_endpoints_refuses_duplicates_before_connecting() -> None:
+    port = _closed_port()
     with pytest.raises(ConfigError, match="listed twice"):
-        check_endpoints([f"127.0.0.1:{port}", f"127.0.0.1:{port}"])
+        check_endpoints([f"127.0.0.1:{port}", f" 127.0.0.1:{port}"])
+
+
+def test_a_port_that_is_not_a_worker_is_named(listener: socket.socket) -> None:
+    # Something accepts TCP there but never speaks the RPC protocol: bounded by the timeout.
+    port = listener.getsockname()[1]
+    with pytest.raises(WorkerError, match=r"did not take it up within 0\.5s") as e:
+        check_endpoints([f"127.0.0.1:{port}"], timeout=0.5)
+    assert e.value.endpoint == f"127.0.0.1:{port}"
 
 
 @pytest.mark.parametrize(
@@ -147,6 +154,34 @@ def test_worker_starts_serves_and_stops(llama_build: LlamaBuild, tmp_path: Path)
         probe_endpoint(worker.endpoint, timeout=1.0)
     assert worker.stop() == -signal.SIGTERM  # twice is fine
     assert log.read_text().startswith("Starting RPC server")
+
+
+def _hello(sock: socket.socket) -> bytes:
+    """What llama-server does first: the RPC HELLO (cmd 14, 24 bytes of capabilities)."""
+    sock.sendall(bytes([14]) + (24).to_bytes(8, "little") + bytes(24))
+    answer = b""
+    while len(answer) < 8 + 28:
+        chunk = sock.recv(64)
+        assert chunk, "the worker closed the connection"
+        answer += chunk
+    return answer
+
+
+@pytest.mark.slow
+def test_busy_worker_is_named_and_not_harmed(llama_build: LlamaBuild) -> None:
+    # A worker serves one client at a time. Hold it with a client that completed the HELLO
+    # exchange, as llama-server does, then probe: a clear error within the timeout. The
+    # queued probe must not hurt the worker once it gets to it (a probe that sent a request
+    # and left would kill it with SIGPIPE when it answered).
+    with RpcWorker(port=None, threads=1) as worker:
+        assert worker.port is not None
+        with socket.create_connection(("127.0.0.1", worker.port), timeout=5) as client:
+            assert int.from_bytes(_hello(client)[:8], "little") == 28
+            with pytest.raises(WorkerError, match="probably in use by another llama-server"):
+                probe_endpoint(worker.endpoint, timeout=0.5)
+        probe_endpoint(worker.endpoint)  # free again once that client has left
+        probe_endpoint(worker.endpoint)
+        assert worker.running, worker.log_tail()
 
 
 @pytest.mark.slow

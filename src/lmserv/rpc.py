@@ -130,31 +130,73 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def probe_endpoint(endpoint: str, *, timeout: float = 2.0) -> None:
-    """Check that something accepts TCP connections at ``endpoint``; raise :class:`WorkerError` if not.
+# How to probe a worker without harming it. ggml-rpc-server serves one client at a time
+# (listen backlog 1) and writes with plain send(): a client that sends a request and leaves
+# before the answer kills the worker with SIGPIPE when the answer is written (seen at the pinned
+# commit: a queued probe that timed out and closed took the worker down later). So the probe
+# sends nothing: it connects and half-closes. A free worker accepts, reads end-of-stream where
+# it expects the HELLO command, and closes without writing; the probe sees that close. A busy
+# worker leaves the connection queued, so no close arrives within the timeout; when it gets to
+# the connection later, it reads end-of-stream and drops it, again without writing.
 
-    Only connects and closes: ``ggml-rpc-server`` treats that as a client that left at once. It
-    cannot tell a worker from another program listening on that port.
+
+def _probe(sock: socket.socket) -> None:
+    sock.shutdown(socket.SHUT_WR)
+    try:
+        data = sock.recv(64)
+    except ConnectionResetError:
+        return  # closed by the worker, abortively: it was free
+    if data:
+        raise ValueError(f"it sent {len(data)} bytes unasked, which ggml-rpc-server never does")
+
+
+def probe_endpoint(endpoint: str, *, timeout: float = 2.0) -> None:
+    """Check that a ``ggml-rpc-server`` at ``endpoint`` is free to serve now.
+
+    Connects, half-closes and waits up to ``timeout`` seconds for the worker to close the
+    connection, which is what a free worker does with a client that sends nothing; it never
+    sends anything itself (see the comment above for why). Raises :class:`WorkerError` naming
+    the worker when nothing accepts the connection, when the connection stays unanswered (a
+    worker serves one client at a time, so it is busy with another ``llama-server``, or the
+    port is another program's), or when the other side sends data (not a ``ggml-rpc-server``).
     """
     host, port = parse_endpoint(endpoint)
+    name = f"{host}:{port}"
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return
+        sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         what = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         raise WorkerError(
-            f"RPC worker {host}:{port} is not reachable ({what}, timeout {timeout:g}s). "
-            f"Start it on that machine with `lmserv worker --host <its address> --port {port}` "
-            "(or RpcWorker), check the address and any firewall, or remove it from rpc=[...].",
-            endpoint=f"{host}:{port}",
+            f"RPC worker {name} is not reachable ({what}, timeout {timeout:g}s). Start it "
+            f"on that machine with `lmserv worker --host <its address> --port {port}` (or "
+            "RpcWorker), check the address and any firewall, or remove it from rpc=[...].",
+            endpoint=name,
         ) from exc
+    with sock:
+        try:
+            _probe(sock)
+        except TimeoutError as exc:
+            raise WorkerError(
+                f"RPC worker {name} accepted the connection but did not take it up within "
+                f"{timeout:g}s. A worker serves one client at a time: it is probably in use by "
+                "another llama-server (stop that one, or start another worker); or the port "
+                "belongs to a program that is not ggml-rpc-server.",
+                endpoint=name,
+            ) from exc
+        except (OSError, ValueError) as exc:
+            raise WorkerError(
+                f"RPC worker {name} does not behave like ggml-rpc-server ({exc}); check that "
+                "the port is the worker's.",
+                endpoint=name,
+            ) from exc
 
 
 def check_endpoints(endpoints: Iterable[str], *, timeout: float = 2.0) -> list[str]:
     """Validate and probe every RPC endpoint; return them normalised as ``"host:port"``.
 
     Raises :class:`ConfigError` for a malformed or repeated endpoint and :class:`WorkerError`
-    naming the first worker that does not accept a connection within ``timeout`` seconds.
+    naming the first worker that does not answer within ``timeout`` seconds (see
+    :func:`probe_endpoint`).
     """
     normalised: list[str] = []
     for endpoint in endpoints:
@@ -483,13 +525,12 @@ class RpcWorker:
                     log_tail=tail,
                 )
             try:
-                with socket.create_connection(target, timeout=0.5):
-                    pass
-            except OSError:
+                # Ready means it takes up a connection, not merely that the port is open.
+                with socket.create_connection(target, timeout=2.0) as sock:
+                    _probe(sock)
+            except (OSError, ValueError):
                 pass
             else:
-                # A listener could belong to someone else only if it appeared after our
-                # in-use check; the process being alive is the best we can confirm here.
                 if self._proc.poll() is None:
                     logger.info("RPC worker ready at %s:%s (pid %s)", self.host, port, self.pid)
                     return
