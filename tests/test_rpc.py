@@ -185,6 +185,23 @@ def test_busy_worker_is_named_and_not_harmed(llama_build: LlamaBuild) -> None:
 
 
 @pytest.mark.slow
+def test_a_client_that_leaves_early_does_not_kill_the_worker(llama_build: LlamaBuild) -> None:
+    # A client (here: a HELLO queued behind a busy worker, like a llama-server killed while
+    # waiting) that is gone when the worker answers: the answer's write fails. With SIGPIPE at
+    # its default the worker would die of it (exit -13); RpcWorker keeps it ignored.
+    with RpcWorker(port=None, threads=1) as worker:
+        assert worker.port is not None
+        address = ("127.0.0.1", worker.port)
+        with socket.create_connection(address, timeout=5) as holder:
+            _hello(holder)
+            with socket.create_connection(address, timeout=5) as leaver:
+                leaver.sendall(bytes([14]) + (24).to_bytes(8, "little") + bytes(24))
+        probe_endpoint(worker.endpoint, timeout=5)  # served after the leaver, so it was handled
+        probe_endpoint(worker.endpoint, timeout=5)
+        assert worker.running, f"worker exited {worker.returncode}: {worker.log_tail()}"
+
+
+@pytest.mark.slow
 def test_taken_port_fails_fast(llama_build: LlamaBuild, listener: socket.socket) -> None:
     port = listener.getsockname()[1]
     with pytest.raises(WorkerError, match=rf"127\.0\.0\.1:{port}: the port is already in use"):

@@ -237,6 +237,7 @@ def _parent_death_signal() -> Callable[[], None] | None:
     pr_set_pdeathsig = 1
 
     def preexec() -> None:
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # even if the parent did not ignore it
         prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
         # The parent may have died between fork and prctl: then nobody would signal us.
         if os.getppid() != parent:
@@ -498,6 +499,11 @@ class RpcWorker:
                 stderr=subprocess.STDOUT,
                 preexec_fn=_parent_death_signal(),
                 start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it cleanly
+                # Keep SIGPIPE ignored (Python ignores it; an ignored signal stays ignored across
+                # exec). ggml-rpc-server writes with plain send(), so a llama-server killed while
+                # the worker answers it would otherwise kill the worker too; with SIGPIPE
+                # ignored the write fails, the worker drops that client and serves the next.
+                restore_signals=False,
             )
         self._port = port
         _LIVE.add(self)
