@@ -318,7 +318,10 @@ def test_cli_warns_when_not_loopback(llama_build: LlamaBuild) -> None:
 
 
 @pytest.mark.slow
-def test_cli_runs_in_foreground_and_stops_on_ctrl_c(llama_build: LlamaBuild) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_cli_runs_in_foreground_and_stops_cleanly(
+    llama_build: LlamaBuild, stop: signal.Signals
+) -> None:
     port = _closed_port()
     env = {**os.environ, "PYTHONPATH": SRC}
     proc = subprocess.Popen(
@@ -335,9 +338,10 @@ def test_cli_runs_in_foreground_and_stops_on_ctrl_c(llama_build: LlamaBuild) -> 
             banner.append(proc.stdout.readline())
         assert banner[0].startswith(f"RPC worker listening on 127.0.0.1:{port}")
         assert any(line.startswith("  device CPU") for line in banner)
+        worker_pid = int(banner[0].split("(pid ")[1].rstrip(")\n"))
         assert f"--rpc 127.0.0.1:{port}" in "".join(banner)
         probe_endpoint(f"127.0.0.1:{port}")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
@@ -347,5 +351,6 @@ def test_cli_runs_in_foreground_and_stops_on_ctrl_c(llama_build: LlamaBuild) -> 
     assert "WARNING" not in err  # loopback: no warning
     assert "RPC worker stopped" in err
     assert "Traceback" not in err
+    _wait_gone(worker_pid)
     with pytest.raises(WorkerError):
         probe_endpoint(f"127.0.0.1:{port}", timeout=1.0)

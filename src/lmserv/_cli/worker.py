@@ -1,6 +1,6 @@
 """``lmserv worker``: run one llama.cpp RPC worker (``ggml-rpc-server``) in the foreground.
 
-Exit codes: 0 after Ctrl-C (a clean stop), 1 if the worker fails to start or dies, 2 for bad
+Exit codes: 0 after Ctrl-C or SIGTERM (a clean stop), 1 if the worker fails to start or dies, 2 for bad
 arguments.
 """
 
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import signal
 import sys
+from types import FrameType
 
 from lmserv._cli._common import colour
 from lmserv.rpc import DEFAULT_RPC_PORT, SECURITY_WARNING, RpcWorker, is_loopback
@@ -85,7 +87,17 @@ def _warn_exposed(host: str, port: int) -> None:
     print(colour("\n".join(lines), "red", sys.stderr), file=sys.stderr, flush=True)
 
 
+def _sigterm_as_interrupt() -> None:
+    """Stop cleanly on SIGTERM too (``kill``, systemd), exactly as on Ctrl-C."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _run(args: argparse.Namespace) -> int:
+    _sigterm_as_interrupt()
     devices = [d for d in (args.device or "").split(",") if d] or None
     worker = RpcWorker(args.host, args.port, cache=args.cache, threads=args.threads, device=devices)
     if not is_loopback(args.host):
