@@ -18,7 +18,11 @@ Facts about ``ggml-rpc-server`` at the pinned commit (``tools/rpc/rpc-server.cpp
 - If the port cannot be bound it prints ``Failed to create server socket`` and exits **0**, so
   "the process ended before its port accepted connections" is the failure signal, not the code.
 - It serves one client at a time (listen backlog 1); a TCP connect that is then closed is
-  harmless to it.
+  harmless to it, but a client that leaves while it writes an answer kills it with SIGPIPE
+  unless SIGPIPE is ignored, which :class:`RpcWorker` arranges.
+- A ``llama-server --rpc`` whose worker is down aborts at argument parsing
+  (``Failed to connect to host:port`` and a backtrace); an unroutable host makes it wait for the
+  system's TCP connect timeout. :func:`check_endpoints` turns both into a clear error first.
 
 Example::
 
@@ -53,6 +57,7 @@ from lmserv.errors import ConfigError, WorkerError
 
 __all__ = [
     "DEFAULT_RPC_PORT",
+    "SECURITY_WARNING",
     "RpcWorker",
     "check_endpoints",
     "is_loopback",
