@@ -4,7 +4,9 @@ lmserv does not distribute anything itself; llama.cpp does (``layer``: pipeline 
 ``tensor``: tensor parallel over a "meta device", with NCCL for the reductions when the CUDA
 build found it). This module turns Python options into the flags of ``llama-server`` /
 ``llama-cli`` at the pinned commit, and refuses combinations that llama.cpp would only reject
-after loading (or silently ignore). Pure functions, no I/O: testable on recorded inventories.
+after loading (or silently ignore). The checks are pure functions, testable on recorded
+inventories; only :func:`auto_split` and :func:`llama_server_args` (when an option needs the
+inventory) call ``detect_gpus()`` / ``plan_offload()``.
 
 Flags at the pinned commit (``common/arg.cpp``, ``llama-server --help``, ``docs/multi-gpu.md``):
 
