@@ -8,6 +8,7 @@ clear :class:`WorkerError` naming it, before (or instead of) llama-server aborti
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -80,7 +81,9 @@ def test_dead_worker_is_named_before_llama_server_starts(
 ) -> None:
     a, b = workers
     dead = b.endpoint
-    b.stop()
+    assert b.pid is not None
+    os.kill(b.pid, signal.SIGKILL)  # a worker that crashed, or whose machine went away
+    assert b.wait(timeout=10) == -signal.SIGKILL
     server = LlamaServer(counting, rpc=[a.endpoint, dead], n_gpu_layers="all", **SMALL)  # type: ignore[arg-type]
     with pytest.raises(WorkerError, match=rf"RPC worker {dead} is not reachable") as info:
         server.start()
