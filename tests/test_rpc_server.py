@@ -12,12 +12,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lmserv.errors import ConfigError, WorkerError
+from lmserv.errors import ConfigError, ServerStartError, WorkerError
 from lmserv.install import LlamaBuild
 from lmserv.rpc import RpcWorker
 from lmserv.server import LlamaServer
@@ -140,3 +141,34 @@ def test_serve_cli_split_options(counting: Path, llama_build: LlamaBuild) -> Non
     proc = _serve(str(counting), "--split-mode", "layer", "--server-args", "-sm none")
     assert proc.returncode == 1
     assert "split_mode is given twice" in proc.stderr
+
+
+def test_worker_lost_between_check_and_launch(counting: Path, llama_build: LlamaBuild) -> None:
+    # A stand-in that passes lmserv's check once (accepts, then closes on end-of-stream as a
+    # free worker does) and then goes away: llama-server then aborts on connecting, and the
+    # error still names the worker rather than only showing llama-server's backtrace.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    endpoint = f"127.0.0.1:{listener.getsockname()[1]}"
+
+    def serve_once() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(64)
+        listener.close()
+
+    thread = threading.Thread(target=serve_once, daemon=True)
+    thread.start()
+    server = LlamaServer(counting, rpc=[endpoint], **SMALL)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(WorkerError, match=rf"RPC worker {endpoint} is not reachable") as info:
+            server.start()
+    finally:
+        thread.join(timeout=10)
+        listener.close()
+    assert isinstance(info.value.__cause__, ServerStartError)  # llama-server's own failure
+    assert info.value.returncode is not None and info.value.returncode != 0
+    assert server.log_path is not None
+    assert f"Failed to connect to {endpoint}" in server.log_path.read_text(errors="replace")
+    assert not server.running
