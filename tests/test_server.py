@@ -170,3 +170,10 @@ def test_no_orphan_when_python_parent_dies(llama_build: LlamaBuild, model: Path)
     assert out.returncode == 0, out.stderr
     pid = int(out.stdout.strip())
     assert wait_gone(pid), f"llama-server {pid} outlived its Python parent"
+
+
+def test_unrunnable_binary_is_a_start_error(model: Path, tmp_path: Path) -> None:
+    fake = tmp_path / "llama-server"
+    fake.write_text("not a program")  # exists, but is not executable
+    with pytest.raises(ServerStartError, match="could not run"):
+        LlamaServer(model, binary=fake).start()
