@@ -27,6 +27,7 @@ from lmserv._multigpu import (
 from lmserv.errors import ConfigError
 from lmserv.gpu import GPU, parse_nvidia_smi_csv, parse_rocm_smi_json, plan_offload
 from lmserv.install import LlamaBuild
+from lmserv.server import LlamaServer
 from lmserv.testing import write_counting_model
 
 DATA = Path(__file__).parent / "data" / "gpu"  # shared with test_gpu.py; see its README
@@ -315,3 +316,41 @@ def test_llama_server_refuses_sixteen_split_entries(llama_build: LlamaBuild) -> 
     )
     assert proc.returncode != 0
     assert "got 16 input configs" in proc.stderr
+
+
+# -- through LlamaServer, on a recorded inventory ----------------------------------------------
+
+
+@pytest.fixture
+def eight_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine has no GPU: LlamaServer sees the recorded 8-GPU server instead."""
+    monkeypatch.setattr("lmserv._multigpu.detect_gpus", lambda: list(EIGHT))
+
+
+@pytest.mark.slow
+def test_llama_server_passes_split_options(
+    eight_gpus: None, tiny_model: Path, llama_build: LlamaBuild
+) -> None:
+    server = LlamaServer(tiny_model, devices=[0, 2], tensor_split=[1, 1], ctx_size=512)
+    argv = server.args()
+    assert argv[argv.index("--device") + 1] == "CUDA0,CUDA2"
+    assert argv[argv.index("--tensor-split") + 1] == "1,1"
+    tensor = LlamaServer(tiny_model, split_mode="tensor", ctx_size=512).args()
+    assert tensor[tensor.index("--split-mode") + 1] == "tensor"
+    assert tensor[tensor.index("--flash-attn") + 1] == "on"
+    assert "--tensor-split" in tensor  # from plan_offload: --fit does not work in tensor mode
+
+
+@pytest.mark.slow
+def test_llama_server_refuses_tensor_mode_with_quantized_cache_before_starting(
+    eight_gpus: None, tiny_model: Path, llama_build: LlamaBuild
+) -> None:
+    server = LlamaServer(tiny_model, split_mode="tensor", extra_args=["-ctk", "q8_0"])
+    with pytest.raises(ConfigError, match="requires an unquantized KV cache"):
+        server.start()
+    assert server.pid is None  # nothing was launched
+
+
+def test_no_gpu_messages(tiny_model: Path) -> None:
+    with pytest.raises(ConfigError, match="main_gpu=0 was given but no GPU was detected"):
+        llama_server_args(tiny_model, main_gpu=0, gpus=[], env={})

@@ -321,6 +321,11 @@ def split_options(
                 f"{available} device(s) are in use; give one proportion per device"
                 + (" (RPC workers come first)" if rpc_devices else "")
             )
+        if main_gpu is not None and available == 0:
+            raise ConfigError(
+                f"main_gpu={main_gpu} was given but no GPU was detected on this machine (see "
+                "`lmserv gpu`); drop it to run on the CPU"
+            )
         if main_gpu is not None and main_gpu >= available:
             raise ConfigError(
                 f"main_gpu={main_gpu} but only {available} device(s) are in use "
