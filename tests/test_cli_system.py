@@ -255,6 +255,8 @@ def test_bad_config_is_a_failure_naming_key_file_and_line(tmp_path: Path) -> Non
         assert proc.returncode == 1, args
         assert f"unknown key 'prot' in table [server] of the config file {cfg}:3" in proc.stderr
         assert "Did you mean 'port'?" in proc.stderr and "Traceback" not in proc.stderr
+    assert lmserv("--help", home=tmp_path).returncode == 0  # help never reads the settings
+    assert lmserv("build", "--help", home=tmp_path).returncode == 0
     proc = lmserv("config", "show", home=tmp_path, env={"LMSERV_CONFIG": str(tmp_path / "no.toml")})
     assert proc.returncode == 1 and "does not exist" in proc.stderr
 
@@ -292,7 +294,10 @@ def test_doctor_on_this_machine(tmp_path: Path, llama_build: LlamaBuild) -> None
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(proc.stdout)
     checks = _checks(data)
-    assert data["ok"] is True
+    assert data["ok"] is True and set(data) == {"ok", "checks"}
+    for check in data["checks"]:
+        assert set(check) == {"name", "status", "summary", "fix", "details"}
+        assert check["status"] in ("ok", "warn", "fail", "info")
     assert checks["config"]["status"] == "ok"
     assert {checks[n]["status"] for n in ("cmake", "compiler", "toolchain")} == {"ok"}
     server = checks["llama-server"]
@@ -371,3 +376,23 @@ def test_colour_only_on_a_tty(tmp_path: Path) -> None:
     assert "\x1b[31m" in _on_a_tty(["doctor"], env)
     assert "\x1b[" not in _on_a_tty(["doctor"], {**env, "NO_COLOR": "1"})
     assert "\x1b[" not in lmserv("doctor", home=tmp_path).stdout
+
+
+def test_plan_asks_the_real_llama_server_about_fit(tmp_path: Path, llama_build: LlamaBuild) -> None:
+    model = write_llama_gguf(tmp_path / "tiny.gguf")
+    env = {"LLAMA_BIN_DIR": str(llama_build.bin_dir), "PATH": str(tmp_path)}
+    data = as_json(lmserv("plan", str(model), "--json", home=tmp_path, env=env))
+    assert data["llama_fit"] is True  # the pinned build has --fit
+    assert data["server_args"] == ["-c", "2048", "-np", "1"]
+    # An older llama-server whose --help has no --fit gets the explicit plan.
+    old = tmp_path / "old-bin"
+    old.mkdir()
+    script = old / "llama-server"
+    script.write_text(
+        "#!/bin/sh\necho '-ngl, --gpu-layers N   number of layers to store in VRAM'\n"
+    )
+    script.chmod(0o755)
+    data = as_json(
+        lmserv("plan", str(model), "--json", home=tmp_path, env={**env, "LLAMA_BIN_DIR": str(old)})
+    )
+    assert data["llama_fit"] is False and data["server_args"] == data["explicit_args"]

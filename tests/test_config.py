@@ -31,7 +31,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_defaults_without_file_or_environment(isolated: Path, tmp_path: Path) -> None:
     s = load_settings()
     assert s.config_file == isolated and not s.config_file_exists
-    assert (s.server.host, s.server.port, s.server.api_key) == ("127.0.0.1", 8080, None)
+    assert (s.server.host, s.server.port, s.server.api_key) == ("127.0.0.1", None, None)
     assert (s.build.cuda, s.build.jobs, s.build.rpc, s.build.source) == ("auto", None, False, None)
     assert s.download.connections is None and s.models.default is None
     assert s.paths.data == tmp_path / ".local" / "share" / "lmserv"
@@ -99,8 +99,9 @@ def test_empty_env_variable_counts_as_unset(
 
 def test_paths_follow_data_folder(isolated: Path, tmp_path: Path) -> None:
     isolated.parent.mkdir(parents=True)
-    _write(isolated, f'[paths]\ndata = "{tmp_path / "d"}"\nbuilds = "~/b"\n')
+    _write(isolated, f'[paths]\ndata = "{tmp_path / "d"}"\nbuilds = "~/b"\ncache = "c"\n')
     s = load_settings()
+    assert s.paths.cache == isolated.parent / "c"  # relative to the config file
     assert s.paths.models == tmp_path / "d" / "models"
     assert s.origin("paths.models") == Origin("default", "paths.data/models")
     assert s.paths.builds == tmp_path / "b"  # ~ is the (temporary) home
@@ -170,7 +171,7 @@ def test_lmserv_config_names_the_file(
         ),
         (
             "[server]\nport = 70000\n",
-            r"server\.port .*:2: expected a port number from 1 to 65535, got 70000",
+            r"server\.port .*:2: expected a port number from 1 to 65535 \(0 or 'auto': a free one\), got 70000",
         ),
         ("[server]\nport = true\n", r"server\.port .*:2: expected a whole number"),
         ("[build]\ncuda = 'maybe'\n", r"build\.cuda .*:2: expected 'auto', 'on' or 'off'"),
@@ -224,7 +225,16 @@ def test_bad_argument(isolated: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown setting 'server\.prot' .*'server\.port'"):
         load_settings({"server.prot": 1})
     with pytest.raises(ConfigError, match=r"server\.port in the argument server\.port"):
-        load_settings({"server.port": 0})
+        load_settings({"server.port": -1})
+
+
+def test_port_zero_or_auto_means_a_free_port(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LMSERV_SERVER_PORT", "0")
+    assert load_settings().server.port is None
+    assert load_settings({"server.port": "auto"}).server.port is None
+    assert load_settings({"server.port": 8080}).server.port == 8080
 
 
 def test_counts_accept_auto(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -242,3 +252,12 @@ def test_unknown_env_in_a_known_table_is_only_warned(
     load_settings()
     assert "LMSERV_SERVER_PROT is not an lmserv setting" in caplog.text
     assert "LMSERV_TEST_BUILD_DIR" not in caplog.text
+
+
+def test_cached_folders_follow_home(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LMSERV_CONFIG", str(_write(tmp_path / "fixed.toml", "")))
+    first = config.data_dir()
+    monkeypatch.setenv("HOME", str(tmp_path / "other"))
+    assert config.data_dir() == tmp_path / "other" / ".local" / "share" / "lmserv" != first

@@ -5,6 +5,10 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import re
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,8 @@ from lmserv import gpu
 from lmserv._offload import read_model_shape
 from lmserv.errors import InvalidModelFile
 from lmserv.gpu import GPU, cuda_compute_capabilities, detect_gpus, plan_offload
+from lmserv.install import LlamaBuild
+from lmserv.testing import write_counting_model
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -159,6 +165,8 @@ def test_cuda_visible_devices_filters_and_renumbers(
         == 1
     )
     assert detect_gpus(nvml=None, platform="linux", environ={"CUDA_VISIBLE_DEVICES": ""}) == []
+    mig = {"CUDA_VISIBLE_DEVICES": "MIG-4b2c0d9e-1f3a-5b6c-8d7e-9f0a1b2c3d4e"}
+    assert len(detect_gpus(nvml=None, platform="linux", environ=mig)) == 8  # cannot resolve
 
 
 # --------------------------------------------------------------------------- NVML
@@ -316,7 +324,17 @@ def _llama_cpp_layer_devices(split: tuple[int, ...], ngl: int, n_layer: int) -> 
 
 @pytest.mark.parametrize(
     "free_mib",
-    [(5, 5), (7, 3.3), (3.3, 7), (4, 2.6, 2.6, 40, 3, 3, 2.2, 4), (2.5, 2.5), (1.0, 9)],
+    [
+        (8, 8),
+        (10, 6.3),
+        (6.3, 10),
+        (7, 5.6, 5.6, 43, 6, 6, 5.2, 7),
+        (5.5, 5.5),
+        (4.0, 12),
+        (4.2, 4.2),
+        (4.6, 3.6),
+        (1, 1),
+    ],
 )
 def test_plans_never_exceed_free_memory(model: Path, free_mib: tuple[float, ...]) -> None:
     gpus = _gpus(*free_mib)
@@ -341,7 +359,7 @@ def test_split_follows_free_memory(model: Path) -> None:
 
 
 def test_partial_offload_and_nothing_fits(model: Path) -> None:
-    partial = plan_offload(model, _gpus(3.0), ctx_size=2048, reserve_bytes=0)
+    partial = plan_offload(model, _gpus(4.5), ctx_size=2048, reserve_bytes=0)
     assert 0 < partial.n_gpu_layers < 7 and not partial.fits_fully
     assert partial.host_bytes > read_model_shape(model).input_bytes
     assert "in host memory" in partial.explanation
@@ -375,3 +393,58 @@ def test_bad_inputs(tmp_path: Path, model: Path) -> None:
         plan_offload(model, [], parallel=0)
     with pytest.raises(ValueError, match="cache_type"):
         plan_offload(model, [], cache_type="q3")
+
+
+# --------------------------------------------------------------------------- against llama.cpp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _llama_server_buffers(server: Path, model: Path, args: list[str], log: Path) -> str:
+    """Start llama-server on ``model``, wait until it has allocated everything, stop it; its log."""
+    cmd = [str(server), "-m", str(model), "--port", str(_free_port()), "-t", "1", "-lv", "4", *args]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            for _ in range(600):
+                if "listening on" in log.read_text(errors="replace") or proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return log.read_text(errors="replace")
+
+
+def _mib_in(pattern: str, text: str) -> float:
+    m = re.search(pattern, text)
+    assert m, f"{pattern!r} not in llama-server's log"
+    return float(m.group(1))
+
+
+@pytest.mark.slow
+def test_estimate_matches_llama_cpp_allocations(tmp_path: Path, llama_build: LlamaBuild) -> None:
+    """The counting model from lmserv.testing, loaded by the real llama-server on the CPU: its
+    model and KV buffers equal the plan's figures; its compute buffer is below our estimate."""
+    model = write_counting_model(tmp_path / "counting.gguf")
+    plan = plan_offload(model, [], ctx_size=2048, parallel=2)
+    log = _llama_server_buffers(
+        llama_build.binary("llama-server"), model, list(plan.explicit_args), tmp_path / "srv.log"
+    )
+    assert "n_ctx                 = 4096" in log and "n_seq_max             = 2" in log
+    kv = _mib_in(r"llama_kv_cache: size =\s*([\d.]+) MiB", log)
+    weights = _mib_in(r"model buffer size =\s*([\d.]+) MiB", log)
+    compute = _mib_in(r"compute buffer size =\s*([\d.]+) MiB", log)
+    assert kv == pytest.approx(plan.kv_bytes / MIB, abs=0.006)
+    assert weights == pytest.approx(plan.weights_bytes / MIB, abs=0.006)
+    # conservative, but not wildly so
+    assert compute * MIB <= plan.compute_bytes <= 2 * compute * MIB
+    assert "offloaded 0/2 layers to GPU" in log or "CPU" in log

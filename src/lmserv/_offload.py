@@ -216,6 +216,7 @@ class OffloadPlan:
     ``n_gpu_layers`` is llama.cpp's ``-ngl`` value (``n_layer + 1`` offloads everything,
     output layer included); ``tensor_split`` the layer count per GPU (``-ts``); ``devices``
     the per-GPU bytes; ``host_bytes`` the weights and KV cache left in system memory.
+    ``compute_bytes`` is the compute-buffer estimate of a device holding the whole model.
     ``explanation`` shows the arithmetic. ``llama_fit``: llama-server's own ``--fit`` is
     available and :attr:`server_args` defers to it.
     """
@@ -229,6 +230,7 @@ class OffloadPlan:
     devices: tuple[DevicePlan, ...]
     weights_bytes: int
     kv_bytes: int
+    compute_bytes: int
     host_bytes: int
     fits_fully: bool
     llama_fit: bool
@@ -254,6 +256,7 @@ class OffloadPlan:
             "devices": [{**vars(d), "total_bytes": d.total_bytes} for d in self.devices],
             "weights_bytes": self.weights_bytes,
             "kv_bytes": self.kv_bytes,
+            "compute_bytes": self.compute_bytes,
             "host_bytes": self.host_bytes,
             "fits_fully": self.fits_fully,
             "llama_fit": self.llama_fit,
@@ -269,7 +272,7 @@ class _Costs:
     unit_kv: tuple[int, ...]
     activations: int  # per used device
     logits: int  # on the device holding the output layer
-    attention: int  # per used device when flash attention is off
+    attention: int  # per used device: the KQ mask (and, without flash attention, KQ scores)
 
 
 def _fits(
@@ -368,7 +371,9 @@ def plan_offload(
         unit_kv=tuple(unit_kv),
         activations=ubatch * (4 * shape.n_embd + 2 * shape.n_ff) * 4,
         logits=ubatch * shape.n_vocab * 4,
-        attention=0 if flash_attn else ubatch * shape.n_head * tokens * 4,
+        # Measured on llama-server 0c1e570: an f16 mask of ctx x ubatch per sequence with flash
+        # attention; without it also f32 scores for every head (and the mask in f32).
+        attention=ubatch * ctx * (2 if flash_attn else 4 * shape.n_head + 4),
     )
     budgets = [max(g.free_memory - reserve_bytes, 0) for g in gpus]
     n_units = shape.n_layer + 1
@@ -422,6 +427,7 @@ def plan_offload(
         devices=devices,
         weights_bytes=shape.weights_bytes,
         kv_bytes=kv_total,
+        compute_bytes=costs.activations + costs.attention + costs.logits,
         host_bytes=host,
         fits_fully=bool(gpus) and ngl == n_units,
         llama_fit=llama_fit,
@@ -454,13 +460,17 @@ def _explain(
         f"output layer: {_gib(shape.output_bytes)}"
         + (" (tied to the token embedding, copied)" if shape.tied_output else "")
         + f"; token embedding {_gib(shape.input_bytes)} stays in host memory",
-        f"compute buffer per GPU used: activations {_gib(costs.activations)}"
-        + (f" + attention scores {_gib(costs.attention)}" if costs.attention else "")
-        + f"; + logits {_gib(costs.logits)} on the GPU holding the output layer",
+        f"compute buffer per GPU used: activations {_gib(costs.activations)} + attention "
+        f"{_gib(costs.attention)}; + logits {_gib(costs.logits)} on the GPU holding the output",
     ]
     if not gpus:
         lines.append("no GPU: everything runs on the CPU (-ngl 0)")
-        lines.append(f"host memory needed: about {_gib(sum(costs.unit_bytes) + shape.input_bytes)}")
+        host = sum(costs.unit_bytes) + shape.input_bytes + shape.other_bytes
+        compute = costs.activations + costs.attention + costs.logits
+        lines.append(
+            f"host memory needed: weights + KV {_gib(host)} + compute {_gib(compute)} "
+            f"= about {_gib(host + compute)}"
+        )
         return "\n".join(lines) + "\n"
     for g, budget in zip(gpus, budgets, strict=True):
         lines.append(

@@ -11,6 +11,7 @@ defaults < the config file < ``LMSERV_*`` environment variables < explicit argum
 (``load_settings(overrides={"server.port": 9000})``, which the CLI fills from its flags). Each
 value remembers where it came from (:class:`Origin`); ``lmserv config show`` prints both.
 
+Relative folders in the file are relative to the file's folder; ``~`` is the home folder.
 Unknown tables or keys and bad values raise :class:`~lmserv.errors.ConfigError` naming the key,
 the file and the line. Extra catalog entries go in ``[catalog.<name>]`` tables
 (:func:`user_catalog`); the environment has no equivalent for them.
@@ -106,7 +107,7 @@ class ServerSettings:
     """Table ``[server]``: how ``lmserv serve`` binds and protects ``llama-server``."""
 
     host: str
-    port: int
+    port: int | None  # None: a free port chosen at start
     api_key: str | None
 
 
@@ -167,11 +168,14 @@ def _as_int(value: object, *, env: bool) -> int:
     return value
 
 
-def _as_port(value: object, *, env: bool) -> int:
+def _as_port(value: object, *, env: bool) -> int | None:
+    """A TCP port; 0 (or "auto") means "any free port"."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
     port = _as_int(value, env=env)
-    if not 1 <= port <= 65535:
-        raise _Bad(f"expected a port number from 1 to 65535, got {port}")
-    return port
+    if not 0 <= port <= 65535:
+        raise _Bad(f"expected a port number from 1 to 65535 (0 or 'auto': a free one), got {port}")
+    return port or None
 
 
 def _as_count(value: object, *, env: bool) -> int | None:
@@ -238,7 +242,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("paths", "cache", _plain(_as_path), "re-fetchable files (source archives)"),
     _Spec("models", "default", _plain(_as_optional_str), "model used when none is named"),
     _Spec("server", "host", _plain(_as_host), "address llama-server binds"),
-    _Spec("server", "port", _envaware(_as_port), "port llama-server listens on"),
+    _Spec("server", "port", _envaware(_as_port), "port llama-server listens on (0: free)"),
     _Spec("server", "api_key", _plain(_as_optional_str), "API key clients must send"),
     _Spec("build", "cuda", _plain(_as_cuda), "CUDA build: auto, on or off"),
     _Spec("build", "jobs", _envaware(_as_count), "parallel compile jobs (0: all cores)"),
@@ -253,7 +257,7 @@ SECRET_KEYS = frozenset({"server.api_key"})
 _STATIC_DEFAULTS: dict[str, object] = {
     "models.default": None,
     "server.host": "127.0.0.1",
-    "server.port": 8080,
+    "server.port": None,
     "server.api_key": None,
     "build.cuda": "auto",
     "build.jobs": None,
@@ -490,7 +494,10 @@ def load_settings(
         if spec.name in data.values:
             raw, line = data.values[spec.name]
             where = f"the config file {_where(data.path, line)}"
-            values[spec.name] = _parse(spec, raw, env=False, where=where)
+            value = _parse(spec, raw, env=False, where=where)
+            if isinstance(value, Path) and not value.is_absolute():
+                value = data.path.parent / value  # relative to the file, not to the cwd
+            values[spec.name] = value
             origins[spec.name] = Origin("file", _where(data.path, line))
         raw_env = environ.get(spec.env)
         if raw_env:  # an empty variable counts as unset, as shells make that easy to do
@@ -573,7 +580,9 @@ def _fingerprint() -> tuple[object, ...]:
         stamp: tuple[object, ...] = (st.st_mtime_ns, st.st_size)
     except OSError:
         stamp = ()
-    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIX)))
+    # platformdirs' answers depend on HOME / XDG_* (and APPDATA on Windows) too.
+    prefixes = (_ENV_PREFIX, "XDG_", "HOME", "APPDATA", "LOCALAPPDATA", "USERPROFILE")
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(prefixes)))
     return (str(path), stamp, env)
 
 

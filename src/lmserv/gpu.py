@@ -315,12 +315,17 @@ def _from_metal(run: Runner) -> list[GPU]:
 def _visible(gpus: list[GPU], spec: str | None) -> list[GPU]:
     """Apply a ``CUDA_VISIBLE_DEVICES``-style list: keep, reorder and renumber from 0.
 
-    Like CUDA, the list stops at the first entry that names no device.
+    Like CUDA, the list stops at the first index or ``GPU-`` UUID that names no device. Forms
+    this cannot resolve (``MIG-...`` instances) leave the list as reported, unfiltered.
     """
     if spec is None:
         return gpus
+    entries = [e.strip() for e in spec.split(",")]
+    if any(e and not (e.isdigit() or e.startswith("GPU-")) for e in entries):
+        log.debug("cannot resolve visible-devices list %r; listing every GPU", spec)
+        return gpus
     chosen: list[GPU] = []
-    for entry in (e.strip() for e in spec.split(",")):
+    for entry in entries:
         match = [
             g
             for g in gpus
