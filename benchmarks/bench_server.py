@@ -28,16 +28,19 @@ def main() -> None:
             "synthetic 50M f16 (100 MB)": write_synthetic_model(Path(tmp) / "syn.gguf"),
         }
         for label, model in models.items():
-            ours, hand = [], []
-            for _ in range(args.rounds):  # alternate, so drift hits both alike
-                began = time.perf_counter()
-                proc, _url = hand_launch(model)
-                hand.append(time.perf_counter() - began)
-                stop(proc)
-                began = time.perf_counter()
-                server = LlamaServer(model).start()
-                ours.append(time.perf_counter() - began)
-                server.stop()
+            ours: list[float] = []
+            hand: list[float] = []
+            for i in range(args.rounds):  # ABBA order, so load that drifts hits both alike
+                for side in ("hand", "ours") if i % 2 == 0 else ("ours", "hand"):
+                    began = time.perf_counter()
+                    if side == "hand":
+                        proc, _url = hand_launch(model)
+                        hand.append(time.perf_counter() - began)
+                        stop(proc)
+                    else:
+                        server = LlamaServer(model).start()
+                        ours.append(time.perf_counter() - began)
+                        server.stop()
             h, o = median(hand), median(ours)
             print(
                 f"{label:28s} start-to-ready  hand {h * 1000:7.1f} ms  "

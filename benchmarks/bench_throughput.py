@@ -44,21 +44,29 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--params", type=int, default=50_000_000)
     parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = write_synthetic_model(Path(tmp) / "synthetic.gguf", params=args.params)
-        ours, hand = [], []
-        for _ in range(args.rounds):
+        ours: list[float] = []
+        hand: list[float] = []
+
+        def run_hand() -> None:
             proc, url = hand_launch(model)
             try:
                 burst(url, 4)  # warm-up
                 hand.append(burst(url, args.tokens))
             finally:
                 stop(proc)
+
+        def run_ours() -> None:
             with LlamaServer(model) as server:
                 burst(server.base_url, 4)
                 ours.append(burst(server.base_url, args.tokens))
+
+        for i in range(args.rounds):  # ABBA order, so load that drifts hits both alike
+            for run in (run_hand, run_ours) if i % 2 == 0 else (run_ours, run_hand):
+                run()
         o, h = median(ours), median(hand)
         print(
             f"{CLIENTS} clients x {args.tokens} tokens, synthetic {args.params // 1_000_000}M f16: "
