@@ -43,7 +43,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import weakref
@@ -52,6 +51,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from lmserv import config
 from lmserv._bootstrap.finder import find_binary
 from lmserv.errors import ConfigError, WorkerError
 
@@ -79,6 +79,7 @@ SECURITY_WARNING = (
 _START_TIMEOUT = 30.0
 _STOP_GRACE = 5.0
 _PORT_RETRIES = 3
+_LOG_KEEP = 20  # old worker logs kept in the logs folder
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,7 +321,8 @@ class RpcWorker:
     (``$LLAMA_CACHE/rpc`` or ``~/.cache/llama.cpp/rpc``), which makes later loads of the same
     model much faster. ``threads`` sets its CPU threads; ``device`` restricts the exposed devices
     (e.g. ``"CUDA0"`` or ``["CUDA0", "CUDA1"]``). ``binary`` overrides where ``ggml-rpc-server``
-    is found. ``log_path`` receives the worker's stdout and stderr (a temporary file by default).
+    is found. ``log_path`` receives the worker's stdout and stderr (default: a new file in
+    lmserv's cache folder, ``logs/rpc-worker-*.log``, of which the newest 20 are kept).
 
     ``start()`` returns once the port accepts TCP connections and raises :class:`WorkerError`
     (with ``returncode`` and ``log_tail``) as soon as the process exits instead; ``stop()`` sends
@@ -492,9 +494,15 @@ class RpcWorker:
             self.log_path = self._log_path_arg
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
         else:
-            fd, name = tempfile.mkstemp(prefix=f"lmserv-rpc-{port}-", suffix=".log")
-            os.close(fd)
-            self.log_path = Path(name)
+            # Beside llama-server's logs; only the newest few are kept.
+            folder = config.cache_dir() / "logs"
+            folder.mkdir(parents=True, exist_ok=True)
+            old = sorted(folder.glob("rpc-worker-*.log"), key=lambda f: f.stat().st_mtime)
+            for stale in old[: max(0, len(old) - _LOG_KEEP)]:
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            self.log_path = folder / f"rpc-worker-{stamp}-{port}-{os.getpid()}.log"
         logger.info("starting RPC worker: %s (log %s)", args, self.log_path)
         with self.log_path.open("wb") as log:
             self._proc = subprocess.Popen(
