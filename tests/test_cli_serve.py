@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,16 +19,35 @@ from lmserv.testing import COUNTING_CONTINUATION
 SRC = Path(__file__).parents[1] / "src"
 
 
+def llama_server_pids(fragment: str) -> list[int]:
+    """Pids of live llama-server processes whose command line mentions ``fragment``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (entry / "stat").read_text().split(") ", 1)[1][:1]
+            except OSError:
+                continue
+            if "llama-server" in cmd and fragment in cmd and state != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
 @pytest.fixture
-def env(llama_build: LlamaBuild, tmp_path: Path) -> dict[str, str]:
-    """The fixture's build on LLAMA_BIN_DIR; lmserv's data folder in ``tmp_path``."""
-    return {
+def env(llama_build: LlamaBuild, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The fixture's build on LLAMA_BIN_DIR; lmserv's data folder in ``tmp_path``.
+
+    Afterwards, no llama-server serving a model from ``tmp_path`` may be left running.
+    """
+    yield {
         **os.environ,
         "PYTHONPATH": str(SRC),
         "LMSERV_PATHS_DATA": str(tmp_path / "data"),
         "LMSERV_PATHS_CACHE": str(tmp_path / "cache"),
         "LLAMA_ARG_THREADS": "1",  # llama-server reads its flags from the environment too
     }
+    assert llama_server_pids(str(tmp_path)) == [], "a llama-server outlived its lmserv command"
 
 
 def lmserv(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
