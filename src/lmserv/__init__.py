@@ -5,12 +5,14 @@ Public API (see README.md)::
     from lmserv.install import build_llama_cpp, download_models
     from lmserv import detect_gpus, plan_offload, load_settings
     from lmserv import LlamaServer, Client, AsyncClient
+    from lmserv import RpcWorker, split_options          # several machines / GPUs
     from lmserv.testing import write_counting_model   # test models stay a submodule
 """
 
 from __future__ import annotations
 
 from lmserv._client import AsyncClient, AsyncTextStream, Client, TextStream
+from lmserv._multigpu import SplitOptions, split_options
 from lmserv._types import ChatCompletion, Completion, Timings
 from lmserv.config import Settings, get_settings, load_settings
 from lmserv.errors import (
@@ -43,6 +45,7 @@ from lmserv.errors import (
     WorkerError,
 )
 from lmserv.gpu import GPU, OffloadPlan, cuda_compute_capabilities, detect_gpus, plan_offload
+from lmserv.rpc import RpcWorker, parse_endpoint, probe_endpoint
 from lmserv.server import LlamaServer, ServerInfo
 
 __version__ = "0.1.0"
@@ -75,6 +78,7 @@ __all__ = [
     "ModelNotFound",
     "NotFoundError",
     "OffloadPlan",
+    "RpcWorker",
     "ServerError",
     "ServerInfo",
     "ServerStartError",
@@ -82,6 +86,7 @@ __all__ = [
     "ServerUnavailable",
     "Settings",
     "SourceError",
+    "SplitOptions",
     "TextStream",
     "Timings",
     "ToolchainMissing",
@@ -92,5 +97,8 @@ __all__ = [
     "detect_gpus",
     "get_settings",
     "load_settings",
+    "parse_endpoint",
     "plan_offload",
+    "probe_endpoint",
+    "split_options",
 ]

@@ -39,7 +39,9 @@ import httpx
 from lmserv import config
 from lmserv._bootstrap.finder import find_binary
 from lmserv._client import DEFAULT_TIMEOUT, Client
-from lmserv.errors import BinaryNotFound, ServerError, ServerStartError, ServerTimeout
+from lmserv._multigpu import llama_server_args, normalize_endpoints
+from lmserv.errors import BinaryNotFound, ServerError, ServerStartError, ServerTimeout, WorkerError
+from lmserv.rpc import check_endpoints
 
 __all__ = ["LlamaServer", "ServerInfo"]
 
@@ -190,7 +192,11 @@ class LlamaServer:
     ``ctx_size`` (``-c``; default from the model), ``n_gpu_layers`` (``-ngl``; ``"auto"``
     lets llama.cpp fit as many layers as memory allows, ``"all"`` or a number), ``parallel``
     (``-np``; default 4 slots sharing one KV cache), ``api_key``, ``rpc`` (``host:port``
-    workers). ``extra_args`` are appended verbatim (e.g. ``("--embeddings", "--pooling",
+    workers; each is probed before start, and a dead one raises
+    :class:`~lmserv.errors.WorkerError` naming it). Multi-GPU: ``split_mode`` (``"layer"``,
+    ``"tensor"``, ``"none"``), ``tensor_split`` (shares per device), ``main_gpu``, ``devices``
+    (names such as ``"CUDA0"`` or GPU indices); validated before start, see
+    ``docs/distributed.md``. ``extra_args`` are appended verbatim (e.g. ``("--embeddings", "--pooling",
     "mean")``). ``port=None`` lets the OS pick a free port (``--port 0``), so two servers never
     race for one. ``binary`` defaults to the finder's ``llama-server``.
 
@@ -215,6 +221,11 @@ class LlamaServer:
         log_path: str | os.PathLike[str] | None = None,
         start_timeout: float = 600.0,
         stop_timeout: float = 10.0,
+        # multi-GPU (issue 7)
+        split_mode: str | None = None,
+        tensor_split: str | Sequence[float] | None = None,
+        main_gpu: int | None = None,
+        devices: str | Sequence[str | int] | None = None,
     ) -> None:
         self.model = Path(model)
         self.host = host
@@ -223,7 +234,11 @@ class LlamaServer:
         self.n_gpu_layers = n_gpu_layers
         self.parallel = parallel
         self.api_key = api_key
-        self.rpc = tuple(rpc or ())
+        self.rpc = normalize_endpoints(rpc)  # ConfigError for a malformed "host:port"
+        self.split_mode = split_mode
+        self.tensor_split = tensor_split
+        self.main_gpu = main_gpu
+        self.devices = devices
         self.extra_args = tuple(str(a) for a in extra_args)
         self.binary = Path(binary) if binary is not None else None
         self.metrics = metrics
@@ -258,8 +273,7 @@ class LlamaServer:
             argv += ["-ngl", str(self.n_gpu_layers)]
         if self.parallel is not None:
             argv += ["-np", str(self.parallel)]
-        if self.rpc:
-            argv += ["--rpc", ",".join(self.rpc)]
+        argv += self._distributed_args()
         if self.metrics:
             argv += ["--metrics"]
         # Level 4 adds libllama's load report (devices, buffers, offloaded layers) for `info`;
@@ -267,6 +281,20 @@ class LlamaServer:
         argv += ["-lv", "4"]
         argv += list(self.extra_args)
         return argv
+
+    def _distributed_args(self) -> list[str]:
+        """``--rpc`` and the multi-GPU flags, validated (issue 7; lmserv._multigpu)."""
+        return llama_server_args(
+            self.model,
+            rpc=self.rpc,
+            split_mode=self.split_mode,
+            tensor_split=self.tensor_split,
+            main_gpu=self.main_gpu,
+            devices=self.devices,
+            extra_args=self.extra_args,
+            ctx_size=self.ctx_size,
+            parallel=self.parallel,
+        )
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -317,9 +345,24 @@ class LlamaServer:
                     self.host,
                 )
             argv = self.args()
+            check_endpoints(self.rpc)  # a dead worker: WorkerError naming it, not an abort/hang
             self._launch(argv)
             try:
                 self._wait_ready()
+            except ServerStartError as exc:
+                self._terminate()
+                if self.rpc:  # a worker that died after the probe aborts llama-server
+                    try:
+                        check_endpoints(self.rpc, timeout=1.0)
+                    except WorkerError as dead:
+                        raise WorkerError(
+                            f"{dead} llama-server stopped with code {exc.returncode} "
+                            "while using it.",
+                            endpoint=dead.endpoint,
+                            returncode=exc.returncode,
+                            log_tail=exc.log_tail,
+                        ) from exc
+                raise
             except BaseException:
                 self._terminate()
                 raise

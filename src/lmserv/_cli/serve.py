@@ -16,6 +16,7 @@ from types import FrameType
 from typing import Any
 
 from lmserv import config
+from lmserv._cli._distributed import add_distributed_options, distributed_kwargs
 from lmserv.client import ChatCompletion, Client, TextStream
 from lmserv.errors import ModelNotFound
 from lmserv.install import models_fetch
@@ -60,7 +61,7 @@ def _server_options(p: argparse.ArgumentParser) -> None:
         help="layers on the GPU: auto (default: as many as fit), all, or a number",
     )
     p.add_argument("--parallel", "-np", type=int, default=None, help="server slots (default: 4)")
-    p.add_argument("--rpc", default=None, help="RPC workers, comma-separated host:port")
+    add_distributed_options(p)  # --rpc and the multi-GPU options (issue 7)
     p.add_argument(
         "--server-args",
         default="",
@@ -77,8 +78,8 @@ def _make_server(args: argparse.Namespace, **kwargs: Any) -> LlamaServer:
         ctx_size=args.ctx_size,
         n_gpu_layers=ngl,
         parallel=args.parallel,
-        rpc=args.rpc.split(",") if args.rpc else None,
         extra_args=shlex.split(args.server_args),
+        **distributed_kwargs(args),
         **kwargs,
     )
 
