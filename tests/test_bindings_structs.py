@@ -22,9 +22,7 @@ def _c_program() -> str:
     for name, cls in h.STRUCTS.items():
         lines.append(f'    printf("{name} sizeof %zu\\n", sizeof(struct {name}));')
         for field, *_ in cls._fields_:
-            lines.append(
-                f'    printf("{name} {field} %zu\\n", offsetof(struct {name}, {field}));'
-            )
+            lines.append(f'    printf("{name} {field} %zu\\n", offsetof(struct {name}, {field}));')
     lines += ["    return 0;", "}"]
     return "\n".join(lines) + "\n"
 

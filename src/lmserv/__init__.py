@@ -3,10 +3,13 @@
 Public API (see README.md)::
 
     from lmserv.install import build_llama_cpp, download_models
+    from lmserv import Llama, LlamaParams, Completion   # in-process inference (loads libllama lazily)
 """
 
 from __future__ import annotations
 
+from lmserv._bindings.llama import Completion, Llama
+from lmserv._bindings.params import LlamaParams
 from lmserv.errors import (
     APIError,
     AuthenticationError,
@@ -46,6 +49,7 @@ __all__ = [
     "BinaryNotFound",
     "BuildError",
     "ChecksumMismatch",
+    "Completion",
     "ConfigError",
     "ContextOverflow",
     "DownloadError",
@@ -54,7 +58,9 @@ __all__ = [
     "InsufficientDiskSpace",
     "InvalidModelFile",
     "LibraryMismatch",
+    "Llama",
     "LlamaError",
+    "LlamaParams",
     "LmservError",
     "ModelError",
     "ModelNotFound",

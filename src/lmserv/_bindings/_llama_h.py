@@ -620,7 +620,9 @@ class LibLlama(Protocol):
     # llama_token llama_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx,
     #                                  int32_t idx);
     @_c([_smpl, _ctx, c_int32], llama_token)
-    def llama_sampler_sample(self, smpl: llama_sampler_p, ctx: llama_context_p, idx: int) -> int: ...
+    def llama_sampler_sample(
+        self, smpl: llama_sampler_p, ctx: llama_context_p, idx: int
+    ) -> int: ...
 
     # void llama_sampler_free(struct llama_sampler * smpl);
     @_c([_smpl], None)
