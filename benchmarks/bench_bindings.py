@@ -1,0 +1,103 @@
+"""Generation speed of ``lmserv.Llama`` against ``llama-bench`` on the same model and threads.
+
+Writes a synthetic llama model (``lmserv.testing.write_synthetic_model``), then measures
+text generation of ``--tokens`` tokens (batch size 1, greedy, end-of-sequence ignored) three ways:
+
+- ``llama-bench -p 0 -n N -t T`` (llama.cpp's own C++ loop, no sampling): the baseline;
+- ``lmserv.Llama.stream`` (prompt = BOS only, so N decodes, like llama-bench): ours;
+- ``llama_cpp.Llama`` when llama-cpp-python is importable.
+
+Runs alternate (baseline, ours, baseline, ours, ...) so that load from other processes hits both
+alike; the best run of each is compared (the least disturbed one on a shared machine), and the
+median is printed too. Target: ours / llama-bench >= 0.95.
+
+    PYTHONPATH=src python benchmarks/bench_bindings.py --threads 2 --tokens 128 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from lmserv import Llama
+from lmserv._bootstrap.finder import find_binary
+from lmserv.testing import write_synthetic_model
+
+
+def llama_bench(bench: Path, model: Path, threads: int, tokens: int) -> float:
+    cmd = [str(bench), "-m", str(model), "-p", "0", "-n", str(tokens), "-t", str(threads)]
+    cmd += ["-r", "1", "-o", "json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return float(json.loads(out)[0]["avg_ts"])
+
+
+def ours(llm: Llama, tokens: int) -> float:
+    start = time.perf_counter()
+    done = llm.complete("", max_tokens=tokens, temperature=0, ignore_eos=True)
+    elapsed = time.perf_counter() - start
+    assert done.completion_tokens == tokens, done
+    return tokens / elapsed
+
+
+def llama_cpp_python(model: Path, threads: int, tokens: int, rounds: int) -> list[float] | None:
+    try:
+        import llama_cpp  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    llm = llama_cpp.Llama(str(model), n_ctx=256, n_threads=threads, verbose=False)
+    speeds = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        n = 0
+        for _chunk in llm.create_completion(
+            "", max_tokens=tokens, temperature=0, stream=True, logit_bias=None
+        ):
+            n += 1
+        speeds.append(n / (time.perf_counter() - start))
+    return speeds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--params", type=int, default=50_000_000, help="synthetic model size")
+    parser.add_argument("--quant", default="f16", choices=["f32", "f16", "q8_0"])
+    parser.add_argument("--model", type=Path, help="use this GGUF instead of a synthetic one")
+    args = parser.parse_args()
+
+    bench = find_binary("llama-bench")
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or write_synthetic_model(
+            Path(tmp) / "synthetic.gguf", params=args.params, quant=args.quant
+        )
+        base: list[float] = []
+        mine: list[float] = []
+        with Llama(model, n_ctx=256, n_threads=args.threads, n_gpu_layers=0) as llm:
+            llm.complete("", max_tokens=8, temperature=0, ignore_eos=True)  # warm-up
+            for _ in range(args.rounds):
+                base.append(llama_bench(bench, model, args.threads, args.tokens))
+                mine.append(ours(llm, args.tokens))
+        other = llama_cpp_python(model, args.threads, args.tokens, args.rounds)
+
+    print(f"model: {model.name if args.model else 'synthetic'} params={args.params} {args.quant}")
+    print(f"threads={args.threads} tokens={args.tokens} rounds={args.rounds}")
+    print(f"llama-bench tg{args.tokens}: best {max(base):.1f} t/s, median {statistics.median(base):.1f}")
+    print(f"lmserv.Llama     : best {max(mine):.1f} t/s, median {statistics.median(mine):.1f}")
+    print(f"ratio lmserv/llama-bench: best {max(mine) / max(base):.3f}, "
+          f"median {statistics.median(mine) / statistics.median(base):.3f} (target >= 0.95)")
+    if other is None:
+        print("llama-cpp-python: not installed in this environment")
+    else:
+        print(f"llama-cpp-python : best {max(other):.1f} t/s; "
+              f"lmserv/llama-cpp-python {max(mine) / max(other):.3f}")
+
+
+if __name__ == "__main__":
+    main()
