@@ -6,6 +6,7 @@ The counting model (``lmserv.testing``) continues ``"one two"`` greedily with ex
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -50,11 +51,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _server_completion(build: LlamaBuild, model: Path, prompt: str, n_predict: int) -> str:
+@contextlib.contextmanager
+def _llama_server(build: LlamaBuild, model: Path, *extra: str) -> Iterator[str]:
+    """A real llama-server on 127.0.0.1 and a free port; yields its base URL, then kills it."""
     port = _free_port()
     server = build.bin_dir / "llama-server"
     cmd = [str(server), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["-c", "256", "-t", "1", "-np", "1"]
+    cmd += ["-c", "256", "-t", "1", "-np", "1", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -68,15 +71,19 @@ def _server_completion(build: LlamaBuild, model: Path, prompt: str, n_predict: i
                 pass
             assert time.monotonic() < deadline, "llama-server did not become ready"
             time.sleep(0.2)
-        body = {"prompt": prompt, "n_predict": n_predict, "temperature": 0, "cache_prompt": False}
-        reply = httpx.post(f"{base}/completion", content=json.dumps(body), timeout=60)
-        reply.raise_for_status()
-        return str(reply.json()["content"])
+        yield base
     finally:
         proc.kill()
         proc.wait(timeout=30)
         if proc.stderr:
             proc.stderr.close()
+
+
+def _post(url: str, body: dict[str, object]) -> dict[str, object]:
+    reply = httpx.post(url, content=json.dumps(body), timeout=60)
+    reply.raise_for_status()
+    result: dict[str, object] = reply.json()
+    return result
 
 
 # -- generation ----------------------------------------------------------------------------------
@@ -86,7 +93,9 @@ def test_greedy_generate_equals_llama_server(
     llm: Llama, llama_build: LlamaBuild, counting_model: Path
 ) -> None:
     ours = llm.generate(COUNTING_PROMPT, max_tokens=32, temperature=0)
-    theirs = _server_completion(llama_build, counting_model, COUNTING_PROMPT, 32)
+    with _llama_server(llama_build, counting_model) as base:
+        body = {"prompt": COUNTING_PROMPT, "n_predict": 32, "temperature": 0}
+        theirs = _post(f"{base}/completion", body)["content"]
     assert ours == theirs == COUNTING_CONTINUATION
 
 
@@ -208,6 +217,20 @@ def test_embed(counting_model: Path) -> None:
         assert emb.generate("one two", temperature=0) == COUNTING_CONTINUATION
         with pytest.raises(ContextOverflow):
             emb.embed("one " * 600)
+
+
+def test_embed_equals_llama_server(counting_model: Path, llama_build: LlamaBuild) -> None:
+    with _llama_server(llama_build, counting_model, "--embeddings", "--pooling", "mean") as base:
+        reply = _post(f"{base}/v1/embeddings", {"input": "one two three"})
+    data = reply["data"]
+    assert isinstance(data, list)
+    theirs = data[0]["embedding"]
+    for pooling in ("model", "mean"):  # the counting model has no pooling: we mean it too
+        params = LlamaParams(pooling=pooling)  # type: ignore[arg-type]
+        with Llama(counting_model, n_ctx=256, embedding=True, params=params) as emb:
+            ours = emb.embed("one two three")
+        assert len(ours) == len(theirs)
+        assert max(abs(a - b) for a, b in zip(ours, theirs, strict=True)) < 1e-4
 
 
 def test_embed_needs_embedding_mode(llm: Llama) -> None:

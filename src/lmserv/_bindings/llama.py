@@ -536,7 +536,14 @@ class Llama:
             raise LlamaError("could not create a sampler")
         return chain
 
-    def _decode_prompt(self, ctx: h.llama_context_p, tokens: list[int]) -> None:
+    def _decode_prompt(
+        self, ctx: h.llama_context_p, tokens: list[int], *, all_outputs: bool = False
+    ) -> None:
+        """Clear the context and decode ``tokens`` in ``n_batch`` chunks.
+
+        Only the last token's logits are kept, unless ``all_outputs`` (embeddings need a vector
+        for every token).
+        """
         lib = self._lib
         memory = lib.llama_get_memory(ctx)
         if memory:
@@ -546,7 +553,11 @@ class Llama:
         for start in range(0, len(tokens), step):
             count = min(step, len(tokens) - start)
             chunk = (ctypes.c_int32 * count).from_buffer(arr, start * ctypes.sizeof(ctypes.c_int32))
-            rc = lib.llama_decode(ctx, lib.llama_batch_get_one(chunk, count))
+            batch = lib.llama_batch_get_one(chunk, count)
+            flags = (ctypes.c_int8 * count)(*([1] * count)) if all_outputs else None
+            if flags is not None:
+                batch.logits = ctypes.cast(flags, ctypes.POINTER(ctypes.c_int8))
+            rc = lib.llama_decode(ctx, batch)
             if rc != 0:
                 self._decode_failed(rc, start)
 
@@ -689,7 +700,7 @@ class Llama:
         self._serial += 1
         lib = self._lib
         lib.llama_set_embeddings(ctx, True)
-        self._decode_prompt(ctx, tokens)
+        self._decode_prompt(ctx, tokens, all_outputs=True)
         n_embd = self._n_embd
         if lib.llama_pooling_type(ctx) == h.LLAMA_POOLING_TYPE_NONE:
             rows = lib.llama_get_embeddings(ctx)
