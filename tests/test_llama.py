@@ -310,6 +310,27 @@ def test_new_generation_interrupts_an_open_stream(llm: Llama) -> None:
         next(first)
 
 
+def test_a_stream_created_before_another_is_interrupted(llm: Llama) -> None:
+    first = llm.stream(COUNTING_PROMPT, temperature=0)
+    second = llm.stream("one two three", temperature=0)
+    with pytest.raises(LlamaError, match="interrupted"):
+        next(first)
+    assert "".join(second) == " four five six seven eight nine ten"
+
+
+def test_gpu_layers_mapping() -> None:
+    from lmserv._bindings.params import gpu_layers_value
+
+    assert gpu_layers_value("auto", -1) == -1  # libllama's default, whatever it is
+    assert gpu_layers_value("auto", 99) == 99
+    assert gpu_layers_value("all", 0) == -1
+    assert gpu_layers_value(0, -1) == 0
+    assert gpu_layers_value(12, -1) == 12
+    for bad in (-2, True, 1.5, "some"):
+        with pytest.raises(ConfigError, match="n_gpu_layers"):
+            gpu_layers_value(bad, -1)  # type: ignore[arg-type]
+
+
 # -- logging -------------------------------------------------------------------------------------
 
 

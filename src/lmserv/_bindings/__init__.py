@@ -1,5 +1,10 @@
-"""In-process inference through ``libllama`` (ctypes): :class:`~lmserv._bindings.llama.Llama`.
+"""In-process inference through ``libllama`` (ctypes).
 
 ``_llama_h`` declares the C API, ``_lib`` finds and loads the library lazily, ``llama`` is the
-Pythonic layer. Importing this package loads nothing.
+Pythonic layer and ``params`` its option dataclasses. Importing this package loads nothing.
 """
+
+from lmserv._bindings.llama import Completion, Llama
+from lmserv._bindings.params import LlamaParams
+
+__all__ = ["Completion", "Llama", "LlamaParams"]

@@ -80,6 +80,13 @@ def _explain(problems: list[str]) -> str:
     return ("; llama.cpp said: " + " | ".join(problems[-4:])) if problems else ""
 
 
+def _interrupted() -> LlamaError:
+    return LlamaError(
+        "this stream was interrupted: the Llama was closed or started another generation "
+        "(or embed); finish a stream before starting the next"
+    )
+
+
 class _Handles:
     """The C objects of one :class:`Llama`, freed exactly once (by ``close`` or finalizer)."""
 
@@ -456,6 +463,8 @@ class Llama:
         n_past = tally.prompt_tokens
         try:
             while limit is None or produced < limit:
+                if serial != self._serial:  # the context now holds another generation
+                    raise _interrupted()
                 token = pick()
                 if is_eog(vocab, token) and not sampling.ignore_eos:
                     tally.finish_reason = "stop"
@@ -471,10 +480,7 @@ class Llama:
                 if produced == limit or n_past >= n_ctx:
                     break
                 if serial != self._serial:  # checked after each yield: ctx may be gone
-                    raise LlamaError(
-                        "this stream was interrupted: the Llama was closed or started another "
-                        "generation; finish a stream before starting the next"
-                    )
+                    raise _interrupted()
                 one[0] = token
                 rc = decode(ctx, batch)
                 if rc != 0:
