@@ -17,14 +17,15 @@ import logging
 import math
 import os
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
 from lmserv._bindings import _lib
 from lmserv._bindings import _llama_h as h
-from lmserv._bindings._text import PieceAssembler
+from lmserv._bindings._chat import apply_chat_template, builtin_chat_templates
+from lmserv._bindings._generate import Completion, Decoder, Tally
 from lmserv._bindings.params import GpuLayers, LlamaParams, SamplingParams, default_threads
 from lmserv.errors import ConfigError, ContextOverflow, InvalidModelFile, LlamaError
 
@@ -55,36 +56,8 @@ def _check_model_file(path: Path) -> None:
         )
 
 
-@dataclass(frozen=True)
-class Completion:
-    """What :meth:`Llama.complete` returns.
-
-    ``finish_reason`` is ``"stop"`` (end-of-generation token or a stop string) or ``"length"``
-    (``max_tokens`` reached or the context full).
-    """
-
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
-
-
-@dataclass
-class _Tally:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str = "length"
-
-
 def _explain(problems: list[str]) -> str:
     return ("; llama.cpp said: " + " | ".join(problems[-4:])) if problems else ""
-
-
-def _interrupted() -> LlamaError:
-    return LlamaError(
-        "this stream was interrupted: the Llama was closed or started another generation "
-        "(or embed); finish a stream before starting the next"
-    )
 
 
 class _Handles:
@@ -151,8 +124,8 @@ class Llama:
         self._router = loaded.log_router
         self._handles = _Handles(lib)
         self._finalizer = weakref.finalize(self, self._handles.free)
-        self._serial = 0
         self._piece_cache: dict[int, bytes] = {}
+        self._decoder = Decoder(lib, self._live, self._piece, embedding=embedding)
 
         mparams = lib.llama_model_default_params()
         self._params.model_params(mparams, n_gpu_layers)
@@ -195,12 +168,13 @@ class Llama:
         self._n_ubatch = lib.llama_n_ubatch(ctx)
         self._n_vocab = lib.llama_vocab_n_tokens(vocab)
         self._n_embd = lib.llama_model_n_embd_out(model)
+        self._decoder.attach(vocab, self._n_vocab, self._n_ctx, self._n_batch)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def close(self) -> None:
         """Free the context and the model. Safe to call more than once."""
-        self._serial += 1  # invalidates open streams
+        self._decoder.serial += 1  # invalidates open streams
         self._finalizer()
 
     @property
@@ -368,11 +342,11 @@ class Llama:
         ignore_eos: bool = False,
     ) -> Completion:
         """Like :meth:`generate`, also saying how many tokens were used and why it stopped."""
-        tally = _Tally()
+        tally = Tally()
         sampling = self._sampling(max_tokens, temperature, top_k, top_p, min_p, seed, stop)
         sampling = replace(sampling, ignore_eos=ignore_eos)
         tokens = self.tokenize(prompt, add_bos=True, special=True)
-        text = "".join(self._stream_tokens(tokens, sampling, tally))
+        text = "".join(self._decoder.start(tokens, sampling, tally))
         return Completion(text, tally.prompt_tokens, tally.completion_tokens, tally.finish_reason)
 
     def _sampling(
@@ -417,163 +391,7 @@ class Llama:
         sampling = self._sampling(max_tokens, temperature, top_k, top_p, min_p, seed, stop)
         sampling = replace(sampling, ignore_eos=ignore_eos)
         tokens = self.tokenize(prompt, add_bos=True, special=True)
-        return self._stream_tokens(tokens, sampling, _Tally())
-
-    def _stream_tokens(
-        self, tokens: list[int], sampling: SamplingParams, tally: _Tally
-    ) -> Iterator[str]:
-        ctx = self._live()
-        if not tokens:
-            raise LlamaError("the prompt is empty (no tokens); give some text to continue")
-        if len(tokens) > self._n_ctx:
-            raise ContextOverflow(
-                f"the prompt has {len(tokens)} tokens but the context holds {self._n_ctx}; "
-                "shorten the prompt or create the Llama with a larger n_ctx"
-            )
-        self._serial += 1
-        sampler = self._make_sampler(sampling)
-        try:
-            if self._embedding:
-                self._lib.llama_set_embeddings(ctx, False)
-            self._decode_prompt(ctx, tokens)
-        except BaseException:
-            if sampler:
-                self._lib.llama_sampler_free(sampler)
-            raise
-        tally.prompt_tokens = len(tokens)
-        return self._generation(ctx, sampler, sampling, self._serial, tally)
-
-    def _generation(
-        self,
-        ctx: h.llama_context_p,
-        sampler: h.llama_sampler_p | None,
-        sampling: SamplingParams,
-        serial: int,
-        tally: _Tally,
-    ) -> Iterator[str]:
-        lib = self._lib
-        decode, is_eog = lib.llama_decode, lib.llama_vocab_is_eog
-        vocab, n_ctx, piece_of = self._vocab, self._n_ctx, self._piece
-        pick = self._picker(ctx, sampler)
-        limit = sampling.max_tokens
-        one = (ctypes.c_int32 * 1)()
-        batch = lib.llama_batch_get_one(one, 1)
-        assembler = PieceAssembler(sampling.stop)
-        produced = 0
-        n_past = tally.prompt_tokens
-        try:
-            while limit is None or produced < limit:
-                if serial != self._serial:  # the context now holds another generation
-                    raise _interrupted()
-                token = pick()
-                if is_eog(vocab, token) and not sampling.ignore_eos:
-                    tally.finish_reason = "stop"
-                    break
-                produced += 1
-                tally.completion_tokens = produced
-                text = assembler.feed(piece_of(token))
-                if text:
-                    yield text
-                if assembler.stopped:
-                    tally.finish_reason = "stop"
-                    break
-                if produced == limit or n_past >= n_ctx:
-                    break
-                if serial != self._serial:  # checked after each yield: ctx may be gone
-                    raise _interrupted()
-                one[0] = token
-                rc = decode(ctx, batch)
-                if rc != 0:
-                    self._decode_failed(rc, n_past)
-                n_past += 1
-            tail = assembler.finish()
-            if tail:
-                yield tail
-        finally:
-            if sampler:
-                lib.llama_sampler_free(sampler)
-
-    def _picker(
-        self, ctx: h.llama_context_p, sampler: h.llama_sampler_p | None
-    ) -> Callable[[], int]:
-        """The function that chooses the next token from the last decode's logits."""
-        if sampler is not None:
-            sample = self._lib.llama_sampler_sample
-            return lambda: int(sample(sampler, ctx, -1))
-        # Greedy: an argmax over the logits in numpy is ~10x cheaper per token than llama.cpp's
-        # greedy sampler, which first copies every logit into a candidates array. Both pick the
-        # first maximum.
-        import numpy as np
-
-        logits_of, as_array = self._lib.llama_get_logits_ith, np.ctypeslib.as_array
-        shape = (self._n_vocab,)
-
-        def argmax() -> int:
-            logits = logits_of(ctx, -1)
-            if not logits:  # pragma: no cover - only after a failed decode
-                raise LlamaError("llama.cpp produced no logits for the last token")
-            return int(as_array(logits, shape=shape).argmax())
-
-        return argmax
-
-    def _make_sampler(self, s: SamplingParams) -> h.llama_sampler_p | None:
-        """A sampler chain for ``s``, or ``None`` for greedy (see :meth:`_picker`)."""
-        if s.temperature <= 0:
-            return None
-        lib = self._lib
-        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        if not chain:  # pragma: no cover - allocation failure
-            raise LlamaError("llama_sampler_chain_init failed")
-        parts: list[h.llama_sampler_p | None] = []
-        if s.top_k > 0:
-            parts.append(lib.llama_sampler_init_top_k(s.top_k))
-        if s.top_p < 1.0:
-            parts.append(lib.llama_sampler_init_top_p(s.top_p, 1))
-        if s.min_p > 0.0:
-            parts.append(lib.llama_sampler_init_min_p(s.min_p, 1))
-        parts.append(lib.llama_sampler_init_temp(s.temperature))
-        seed = h.LLAMA_DEFAULT_SEED if s.seed is None else s.seed
-        parts.append(lib.llama_sampler_init_dist(seed))
-        for part in parts:
-            if part:
-                lib.llama_sampler_chain_add(chain, part)  # the chain owns it now
-        if not all(parts):  # pragma: no cover - allocation failure
-            lib.llama_sampler_free(chain)
-            raise LlamaError("could not create a sampler")
-        return chain
-
-    def _decode_prompt(
-        self, ctx: h.llama_context_p, tokens: list[int], *, all_outputs: bool = False
-    ) -> None:
-        """Clear the context and decode ``tokens`` in ``n_batch`` chunks.
-
-        Only the last token's logits are kept, unless ``all_outputs`` (embeddings need a vector
-        for every token).
-        """
-        lib = self._lib
-        memory = lib.llama_get_memory(ctx)
-        if memory:
-            lib.llama_memory_clear(memory, False)
-        arr = (ctypes.c_int32 * len(tokens))(*tokens)
-        step = self._n_batch
-        for start in range(0, len(tokens), step):
-            count = min(step, len(tokens) - start)
-            chunk = (ctypes.c_int32 * count).from_buffer(arr, start * ctypes.sizeof(ctypes.c_int32))
-            batch = lib.llama_batch_get_one(chunk, count)
-            flags = (ctypes.c_int8 * count)(*([1] * count)) if all_outputs else None
-            if flags is not None:
-                batch.logits = ctypes.cast(flags, ctypes.POINTER(ctypes.c_int8))
-            rc = lib.llama_decode(ctx, batch)
-            if rc != 0:
-                self._decode_failed(rc, start)
-
-    def _decode_failed(self, rc: int, n_past: int) -> None:
-        if rc == 1:
-            raise ContextOverflow(
-                f"no room left in the context ({self._n_ctx} tokens, {n_past} used); "
-                "create the Llama with a larger n_ctx"
-            )
-        raise LlamaError(f"llama_decode failed with code {rc} at position {n_past}")
+        return self._decoder.start(tokens, sampling, Tally())
 
     # -- chat ----------------------------------------------------------------------------------
 
@@ -595,42 +413,13 @@ class Llama:
             if template is None:
                 log.warning("%s has no chat template; using 'chatml'", self._model_path.name)
                 template = "chatml"
-        keep: list[bytes] = []
-        array = (h.llama_chat_message * len(messages))()
-        for i, message in enumerate(messages):
-            role, content = message.get("role"), message.get("content")
-            if not isinstance(role, str) or not isinstance(content, str):
-                raise ConfigError(
-                    f"message {i} must have string 'role' and 'content', got {dict(message)!r}"
-                )
-            keep += [role.encode("utf-8"), content.encode("utf-8")]
-            array[i].role, array[i].content = keep[-2], keep[-1]
-        tmpl = template.encode("utf-8")
-        capacity = 2 * sum(len(b) for b in keep) + 256
-        for _ in range(2):
-            buf = ctypes.create_string_buffer(capacity)
-            n = self._lib.llama_chat_apply_template(
-                tmpl, array, len(messages), add_generation_prompt, buf, capacity
-            )
-            if n < 0:
-                raise LlamaError(
-                    f"llama.cpp does not recognise the chat template of "
-                    f"{self._model_path.name!r} (llama_chat_apply_template has no Jinja engine); "
-                    "pass LlamaParams(chat_template=NAME) with one of: "
-                    + ", ".join(self.builtin_chat_templates())
-                    + " -- or serve the model with llama-server --jinja"
-                )
-            if n <= capacity:
-                return buf.raw[:n].decode("utf-8", "replace")
-            capacity = n + 1
-        raise LlamaError("chat template output kept growing")  # pragma: no cover
+        return apply_chat_template(
+            self._lib, template, messages, add_generation_prompt, self._model_path.name
+        )
 
     def builtin_chat_templates(self) -> list[str]:
         """Names of the chat templates llama.cpp can apply without Jinja."""
-        n = self._lib.llama_chat_builtin_templates(None, 0)
-        out = (ctypes.c_char_p * max(n, 0))()
-        n = self._lib.llama_chat_builtin_templates(out, n)
-        return [name.decode() for name in out[:n] if name]
+        return builtin_chat_templates(self._lib)
 
     def chat(
         self,
@@ -703,10 +492,10 @@ class Llama:
                 f"the text has {len(tokens)} tokens but one embedding batch holds {limit}; "
                 "shorten it or raise n_ctx / LlamaParams(n_batch=..., n_ubatch=...)"
             )
-        self._serial += 1
+        self._decoder.serial += 1
         lib = self._lib
         lib.llama_set_embeddings(ctx, True)
-        self._decode_prompt(ctx, tokens, all_outputs=True)
+        self._decoder.decode_prompt(ctx, tokens, all_outputs=True)
         n_embd = self._n_embd
         if lib.llama_pooling_type(ctx) == h.LLAMA_POOLING_TYPE_NONE:
             rows = lib.llama_get_embeddings(ctx)
