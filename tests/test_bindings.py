@@ -87,11 +87,13 @@ def test_import_lmserv_loads_nothing() -> None:
     assert out.strip() == "False"
 
 
+@pytest.mark.slow
 def test_loads_from_llama_lib_dir(model: Path, tmp_path: Path, llama_build: LlamaBuild) -> None:
     out = _run_probe(model, tmp_path, LLAMA_LIB_DIR=str(llama_build.lib_dir))
     assert out == ["loaded", COUNTING_CONTINUATION]
 
 
+@pytest.mark.slow
 def test_loads_from_a_moved_build_folder(
     model: Path, tmp_path: Path, llama_build: LlamaBuild
 ) -> None:
@@ -124,6 +126,7 @@ def test_unloadable_library_is_library_mismatch(model: Path, tmp_path: Path) -> 
     assert str(fake / "libllama.so") in out[2]
 
 
+@pytest.mark.slow
 def test_library_without_llama_symbols_is_library_mismatch(
     model: Path, tmp_path: Path, llama_build: LlamaBuild
 ) -> None:

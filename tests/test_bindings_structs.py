@@ -16,6 +16,8 @@ import pytest
 from lmserv._bindings import _llama_h as h
 from lmserv.install import LlamaBuild
 
+pytestmark = pytest.mark.slow  # the headers come from the llama.cpp build
+
 
 def _c_program() -> str:
     lines = ["#include <stdio.h>", "#include <stddef.h>", '#include "llama.h"', "int main(void) {"]
@@ -36,7 +38,6 @@ def _python_layout() -> dict[tuple[str, str], int]:
     return layout
 
 
-@pytest.mark.slow
 def test_struct_layout_matches_c(llama_build: LlamaBuild, tmp_path: Path) -> None:
     gcc = shutil.which("gcc") or shutil.which("cc")
     if gcc is None:

@@ -201,6 +201,22 @@ def test_chat_with_a_template_llama_cpp_cannot_apply(llm: Llama) -> None:
         llm.chat([{"role": "user", "content": "one two"}])
 
 
+def test_chat_falls_back_to_chatml_without_a_template(
+    counting_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = counting_model.read_bytes()
+    key = b"tokenizer.chat_template"
+    assert data.count(key) == 1
+    # Same length, so the GGUF stays valid; the model just has no chat template any more.
+    plain = tmp_path / "no-template.gguf"
+    plain.write_bytes(data.replace(key, b"tokenizer.chat_templatX"))
+    with Llama(plain, n_ctx=256) as model, caplog.at_level(logging.WARNING):
+        assert model.chat_template is None
+        prompt = model.format_chat([{"role": "user", "content": "hi"}])
+    assert prompt == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert any("chatml" in r.getMessage() for r in caplog.records)
+
+
 # -- embeddings ----------------------------------------------------------------------------------
 
 
