@@ -111,18 +111,19 @@ def test_stream_pieces_join_to_generate(llm: Llama) -> None:
     assert pieces == [" three", " four", " five", " six", " seven", " eight", " nine", " ten"]
     assert "".join(pieces) == llm.generate(COUNTING_PROMPT, temperature=0)
     # Hot sampling over a mostly-bytes vocabulary: pieces still join to exactly the same text.
-    hot = {"temperature": 5.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "seed": 11}
+    hot = {"temperature": 10.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "seed": 11}
     streamed = list(llm.stream("one", max_tokens=40, **hot))  # type: ignore[arg-type]
     assert "".join(streamed) == llm.generate("one", max_tokens=40, **hot)  # type: ignore[arg-type]
     assert all(isinstance(p, str) and p for p in streamed)
+    assert any(ord(c) > 127 for c in "".join(streamed)), "expected raw byte tokens in the output"
 
 
 def test_seeded_sampling_is_reproducible(llm: Llama) -> None:
-    hot = {"temperature": 3.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "max_tokens": 24}
+    hot = {"temperature": 10.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "max_tokens": 24}
     first = llm.generate("one", seed=1234, **hot)  # type: ignore[arg-type]
     assert llm.generate("one", seed=1234, **hot) == first  # type: ignore[arg-type]
     others = {llm.generate("one", seed=s, **hot) for s in range(5)}  # type: ignore[arg-type]
-    assert len(others) > 1, "different seeds should give different text at temperature 3"
+    assert len(others) > 1, "different seeds should give different text at temperature 10"
     # The constructor's seed is the default for every call.
     assert llm.generate("one", **hot) == llm.generate("one", seed=7, **hot)  # type: ignore[arg-type]
 
@@ -160,9 +161,16 @@ def test_generation_stops_when_the_context_is_full(counting_model: Path) -> None
 
 def test_complete_reports_usage(llm: Llama) -> None:
     done = llm.complete(COUNTING_PROMPT, temperature=0)
-    assert done == Completion(COUNTING_CONTINUATION, 3, 8, "stop")
-    assert llm.complete(COUNTING_PROMPT, temperature=0, max_tokens=3).finish_reason == "length"
-    assert llm.complete(COUNTING_PROMPT, temperature=0, stop="five").completion_tokens == 3
+    assert isinstance(done, Completion)  # the same type the HTTP client returns
+    assert (done.text, done.prompt_tokens, done.completion_tokens) == (COUNTING_CONTINUATION, 3, 8)
+    assert (done.finish_reason, done.stop_type) == ("stop", "eos")
+    assert done.model == "counting.gguf"
+    assert done.timings is not None and done.timings.predicted_tokens == 8
+    assert done.timings.prompt_ms > 0 and done.timings.predicted_ms > 0
+    short = llm.complete(COUNTING_PROMPT, temperature=0, max_tokens=3)
+    assert (short.finish_reason, short.stop_type, short.completion_tokens) == ("length", "limit", 3)
+    cut = llm.complete(COUNTING_PROMPT, temperature=0, stop="five")
+    assert (cut.finish_reason, cut.stop_type, cut.completion_tokens) == ("stop", "word", 3)
 
 
 # -- tokens --------------------------------------------------------------------------------------

@@ -3,13 +3,19 @@
 Public API (see README.md)::
 
     from lmserv.install import build_llama_cpp, download_models
-    from lmserv import Llama, LlamaParams, Completion   # in-process inference (loads libllama lazily)
+    from lmserv import detect_gpus, plan_offload, load_settings
+    from lmserv import LlamaServer, Client, AsyncClient
+    from lmserv import Llama, LlamaParams   # in-process inference (loads libllama lazily)
+    from lmserv.testing import write_counting_model   # test models stay a submodule
 """
 
 from __future__ import annotations
 
-from lmserv._bindings.llama import Completion, Llama
+from lmserv._bindings.llama import Llama
 from lmserv._bindings.params import LlamaParams
+from lmserv._client import AsyncClient, AsyncTextStream, Client, TextStream
+from lmserv._types import ChatCompletion, Completion, Timings
+from lmserv.config import Settings, get_settings, load_settings
 from lmserv.errors import (
     APIError,
     AuthenticationError,
@@ -39,16 +45,23 @@ from lmserv.errors import (
     UnsafeArchive,
     WorkerError,
 )
+from lmserv.gpu import GPU, OffloadPlan, cuda_compute_capabilities, detect_gpus, plan_offload
+from lmserv.server import LlamaServer, ServerInfo
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GPU",
     "APIError",
+    "AsyncClient",
+    "AsyncTextStream",
     "AuthenticationError",
     "BadRequestError",
     "BinaryNotFound",
     "BuildError",
+    "ChatCompletion",
     "ChecksumMismatch",
+    "Client",
     "Completion",
     "ConfigError",
     "ContextOverflow",
@@ -61,17 +74,28 @@ __all__ = [
     "Llama",
     "LlamaError",
     "LlamaParams",
+    "LlamaServer",
     "LmservError",
     "ModelError",
     "ModelNotFound",
     "NotFoundError",
+    "OffloadPlan",
     "ServerError",
+    "ServerInfo",
     "ServerStartError",
     "ServerTimeout",
     "ServerUnavailable",
+    "Settings",
     "SourceError",
+    "TextStream",
+    "Timings",
     "ToolchainMissing",
     "UnsafeArchive",
     "WorkerError",
     "__version__",
+    "cuda_compute_capabilities",
+    "detect_gpus",
+    "get_settings",
+    "load_settings",
+    "plan_offload",
 ]

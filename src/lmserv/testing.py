@@ -90,9 +90,11 @@ def write_counting_model(path: str | Path, *, seed: int = 0) -> Path:
     embd /= np.linalg.norm(embd, axis=1, keepdims=True)  # unit rows: self dot 1, others ~0.12
     output = np.zeros((n_vocab, n_embd), dtype=np.float32)
     ids = [word_ids[w] for w in COUNTING_WORDS]
+    # Scaled by 4 so the right word's logit (32) towers over every other (below ~12): even
+    # llama-server's default sampling (temperature 0.8, min_p 0.05) can only pick it.
     for prev, nxt in itertools.pairwise(ids):
-        output[nxt] = embd[prev]
-    output[2] = embd[ids[-1]]  # after "ten" comes </s>
+        output[nxt] = 4.0 * embd[prev]
+    output[2] = 4.0 * embd[ids[-1]]  # after "ten" comes </s>
 
     tmp = path.with_name(path.name + ".tmp")
     writer = gguf.GGUFWriter(str(tmp), "llama")

@@ -4,7 +4,7 @@
 Pythonic layer and ``params`` its option dataclasses. Importing this package loads nothing.
 """
 
-from lmserv._bindings.llama import Completion, Llama
+from lmserv._bindings.llama import Llama
 from lmserv._bindings.params import LlamaParams
 
-__all__ = ["Completion", "Llama", "LlamaParams"]
+__all__ = ["Llama", "LlamaParams"]

@@ -9,6 +9,7 @@ raises instead of touching it.
 from __future__ import annotations
 
 import ctypes
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -17,30 +18,18 @@ from lmserv._bindings._text import PieceAssembler
 from lmserv._bindings.params import SamplingParams
 from lmserv.errors import ContextOverflow, LlamaError
 
-__all__ = ["Completion", "Decoder", "Tally", "interrupted"]
-
-
-@dataclass(frozen=True)
-class Completion:
-    """What :meth:`Llama.complete` returns.
-
-    ``finish_reason`` is ``"stop"`` (end-of-generation token or a stop string) or ``"length"``
-    (``max_tokens`` reached or the context full).
-    """
-
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
+__all__ = ["Decoder", "Tally", "interrupted"]
 
 
 @dataclass
 class Tally:
-    """Counts filled in while a generation runs."""
+    """What a generation did, filled in as it runs (for :class:`~lmserv.Completion`)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    finish_reason: str = "length"
+    stop_type: str = "limit"  # llama-server's words: "eos", "word" (stop string), "limit"
+    prompt_ms: float = 0.0
+    predicted_ms: float = 0.0
 
 
 def interrupted() -> LlamaError:
@@ -91,6 +80,7 @@ class Decoder:
             )
         self.serial += 1
         sampler = self._make_sampler(sampling)
+        started = time.perf_counter()
         try:
             if self._embedding:
                 self._lib.llama_set_embeddings(ctx, False)
@@ -100,6 +90,7 @@ class Decoder:
                 self._lib.llama_sampler_free(sampler)
             raise
         tally.prompt_tokens = len(tokens)
+        tally.prompt_ms = (time.perf_counter() - started) * 1000.0
         return self._generation(ctx, sampler, sampling, self.serial, tally)
 
     def _generation(
@@ -120,13 +111,14 @@ class Decoder:
         assembler = PieceAssembler(sampling.stop)
         produced = 0
         n_past = tally.prompt_tokens
+        started = time.perf_counter()
         try:
             while limit is None or produced < limit:
                 if serial != self.serial:  # the context now holds another generation
                     raise interrupted()
                 token = pick()
                 if is_eog(vocab, token) and not sampling.ignore_eos:
-                    tally.finish_reason = "stop"
+                    tally.stop_type = "eos"
                     break
                 produced += 1
                 tally.completion_tokens = produced
@@ -134,7 +126,7 @@ class Decoder:
                 if text:
                     yield text
                 if assembler.stopped:
-                    tally.finish_reason = "stop"
+                    tally.stop_type = "word"
                     break
                 if produced == limit or n_past >= n_ctx:
                     break
@@ -149,6 +141,7 @@ class Decoder:
             if tail:
                 yield tail
         finally:
+            tally.predicted_ms = (time.perf_counter() - started) * 1000.0
             if sampler:
                 lib.llama_sampler_free(sampler)
 

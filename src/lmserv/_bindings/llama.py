@@ -25,11 +25,12 @@ from types import TracebackType
 from lmserv._bindings import _lib
 from lmserv._bindings import _llama_h as h
 from lmserv._bindings._chat import apply_chat_template, builtin_chat_templates
-from lmserv._bindings._generate import Completion, Decoder, Tally
+from lmserv._bindings._generate import Decoder, Tally
 from lmserv._bindings.params import GpuLayers, LlamaParams, SamplingParams, default_threads
+from lmserv._types import Completion, Timings
 from lmserv.errors import ConfigError, ContextOverflow, InvalidModelFile, LlamaError
 
-__all__ = ["Completion", "Llama"]
+__all__ = ["Llama"]
 
 log = logging.getLogger(__name__)
 
@@ -341,13 +342,32 @@ class Llama:
         stop: str | Sequence[str] | None = None,
         ignore_eos: bool = False,
     ) -> Completion:
-        """Like :meth:`generate`, also saying how many tokens were used and why it stopped."""
+        """Like :meth:`generate`, returning the same :class:`~lmserv.Completion` as the client.
+
+        ``finish_reason`` is ``"stop"`` or ``"length"``; ``stop_type`` uses llama-server's words
+        (``"eos"``, ``"word"`` for a stop string, ``"limit"`` for ``max_tokens`` or a full
+        context); ``timings`` are measured here (prompt decode, then generation).
+        """
         tally = Tally()
         sampling = self._sampling(max_tokens, temperature, top_k, top_p, min_p, seed, stop)
         sampling = replace(sampling, ignore_eos=ignore_eos)
         tokens = self.tokenize(prompt, add_bos=True, special=True)
         text = "".join(self._decoder.start(tokens, sampling, tally))
-        return Completion(text, tally.prompt_tokens, tally.completion_tokens, tally.finish_reason)
+        timings = Timings(
+            prompt_tokens=tally.prompt_tokens,
+            prompt_ms=tally.prompt_ms,
+            predicted_tokens=tally.completion_tokens,
+            predicted_ms=tally.predicted_ms,
+        )
+        return Completion(
+            text=text,
+            finish_reason="stop" if tally.stop_type in ("eos", "word") else "length",
+            stop_type=tally.stop_type,
+            prompt_tokens=tally.prompt_tokens,
+            completion_tokens=tally.completion_tokens,
+            timings=timings,
+            model=self._model_path.name,
+        )
 
     def _sampling(
         self,

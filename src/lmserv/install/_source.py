@@ -255,6 +255,7 @@ def get_source(source: str | os.PathLike[str] | None, ref: str | None, work: Pat
     instead (logged), since it vendors the same pinned commit.
     """
     wanted = (ref or PINNED_COMMIT).lower() if ref is None or _is_full_sha(ref) else ref
+    work.mkdir(parents=True, exist_ok=True)
     if source is None:
         try:
             return _from_git(

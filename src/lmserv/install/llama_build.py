@@ -419,7 +419,7 @@ def build_llama_cpp(
                 )
         stamp_data: dict[str, object] = {
             **key,
-            "options": options,
+            "compiler_launcher": toolchain.compiler_launcher,
             "cuda": cuda_kit is not None,
             "nccl": nccl_found,
             "source": f"{tree.kind}:{tree.origin}",
