@@ -173,6 +173,30 @@ def test_complete_reports_usage(llm: Llama) -> None:
     assert (cut.finish_reason, cut.stop_type, cut.completion_tokens) == ("stop", "word", 3)
 
 
+def test_reuse_prompt_keeps_the_common_prefix(counting_model: Path) -> None:
+    params = LlamaParams(reuse_prompt=True)
+    with Llama(counting_model, n_ctx=256, params=params) as model:
+        first = model.complete("one two", temperature=0)
+        assert first.timings is not None and first.timings.cached_tokens == 0
+        # The previous prompt and its output are in the cache: all but the last prompt token
+        # (decoded again for its logits) comes from it.
+        prompt = "one two three four"
+        again = model.complete(prompt, temperature=0)
+        assert again.text == " five six seven eight nine ten"
+        assert again.timings is not None and again.timings.cached_tokens == 4
+        # Same prompt again: everything but its last token is reused.
+        same = model.complete(prompt, temperature=0)
+        assert same.text == again.text
+        assert same.timings is not None and same.timings.cached_tokens == 4
+        other = model.complete("two", temperature=0)  # shares only the start token
+        assert other.timings is not None and other.timings.cached_tokens == 1
+        assert other.text == COUNTING_CONTINUATION
+    with Llama(counting_model, n_ctx=256) as plain:  # off by default
+        plain.complete("one two", temperature=0)
+        done = plain.complete("one two", temperature=0)
+        assert done.timings is not None and done.timings.cached_tokens == 0
+
+
 # -- tokens --------------------------------------------------------------------------------------
 
 

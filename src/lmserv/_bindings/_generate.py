@@ -30,6 +30,15 @@ class Tally:
     stop_type: str = "limit"  # llama-server's words: "eos", "word" (stop string), "limit"
     prompt_ms: float = 0.0
     predicted_ms: float = 0.0
+    cached_tokens: int = 0  # prompt tokens found in the KV cache (not decoded again)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 def interrupted() -> LlamaError:
@@ -50,14 +59,17 @@ class Decoder:
         piece_of: Callable[[int], bytes],
         *,
         embedding: bool,
+        reuse: bool = False,
     ) -> None:
         self._lib = lib
+        self._reuse = reuse
         self._live = live
         self._piece_of = piece_of
         self._embedding = embedding
         self._vocab = h.llama_vocab_p(0)
         self._n_vocab = self._n_ctx = 0
         self._n_batch = 1
+        self._cached: list[int] = []  # the tokens whose KV the context holds, in order
         self.serial = 0
 
     def attach(self, vocab: h.llama_vocab_p, n_vocab: int, n_ctx: int, n_batch: int) -> None:
@@ -84,7 +96,7 @@ class Decoder:
         try:
             if self._embedding:
                 self._lib.llama_set_embeddings(ctx, False)
-            self.decode_prompt(ctx, tokens)
+            tally.cached_tokens = self.decode_prompt(ctx, tokens, reuse=self._reuse)
         except BaseException:
             if sampler:
                 self._lib.llama_sampler_free(sampler)
@@ -111,6 +123,7 @@ class Decoder:
         assembler = PieceAssembler(sampling.stop)
         produced = 0
         n_past = tally.prompt_tokens
+        cached = self._cached
         started = time.perf_counter()
         try:
             while limit is None or produced < limit:
@@ -136,6 +149,7 @@ class Decoder:
                 rc = decode(ctx, batch)
                 if rc != 0:
                     self._decode_failed(rc, n_past)
+                cached.append(token)
                 n_past += 1
             tail = assembler.finish()
             if tail:
@@ -195,20 +209,34 @@ class Decoder:
         return chain
 
     def decode_prompt(
-        self, ctx: h.llama_context_p, tokens: list[int], *, all_outputs: bool = False
-    ) -> None:
-        """Clear the context and decode ``tokens`` in ``n_batch`` chunks.
+        self,
+        ctx: h.llama_context_p,
+        tokens: list[int],
+        *,
+        all_outputs: bool = False,
+        reuse: bool = False,
+    ) -> int:
+        """Decode ``tokens`` from position 0 in ``n_batch`` chunks; return how many were reused.
 
-        Only the last token's logits are kept, unless ``all_outputs`` (embeddings need a vector
-        for every token).
+        With ``reuse``, the longest common prefix with what the context already holds (the
+        previous prompt and its output) stays in the KV cache and only the rest is decoded --
+        always at least the last token, whose logits are needed. Otherwise the context is
+        cleared first. Only the last token's logits are kept, unless ``all_outputs``
+        (embeddings need a vector for every token).
         """
         lib = self._lib
         memory = lib.llama_get_memory(ctx)
-        if memory:
+        keep = 0
+        if reuse and memory:
+            keep = min(_common_prefix(self._cached, tokens), len(tokens) - 1)
+            if keep > 0 and not lib.llama_memory_seq_rm(memory, 0, keep, -1):
+                keep = 0  # e.g. a recurrent model cannot drop a partial sequence
+        if keep == 0 and memory:
             lib.llama_memory_clear(memory, False)
+        self._cached = tokens[:keep]
         arr = (ctypes.c_int32 * len(tokens))(*tokens)
         step = self._n_batch
-        for start in range(0, len(tokens), step):
+        for start in range(keep, len(tokens), step):
             count = min(step, len(tokens) - start)
             chunk = (ctypes.c_int32 * count).from_buffer(arr, start * ctypes.sizeof(ctypes.c_int32))
             batch = lib.llama_batch_get_one(chunk, count)
@@ -218,8 +246,16 @@ class Decoder:
             rc = lib.llama_decode(ctx, batch)
             if rc != 0:
                 self._decode_failed(rc, start)
+            self._cached += tokens[start : start + count]
+        return keep
+
+    def forget(self) -> None:
+        """Never reuse what the context holds now (e.g. after an embedding pass)."""
+        self._cached = [h.LLAMA_TOKEN_NULL]
 
     def _decode_failed(self, rc: int, n_past: int) -> None:
+        if rc != 1:  # the memory may hold part of the batch: never reuse it
+            self.forget()
         if rc == 1:
             raise ContextOverflow(
                 f"no room left in the context ({self._n_ctx} tokens, {n_past} used); "

@@ -567,6 +567,10 @@ class LibLlama(Protocol):
     @_c([_mem, c_bool], None)
     def llama_memory_clear(self, mem: llama_memory_t, data: bool) -> None: ...
 
+    # bool llama_memory_seq_rm(llama_memory_t mem, llama_seq_id seq_id, llama_pos p0, llama_pos p1);
+    @_c([_mem, llama_seq_id, llama_pos, llama_pos], c_bool)
+    def llama_memory_seq_rm(self, mem: llama_memory_t, seq_id: int, p0: int, p1: int) -> bool: ...
+
     # llama_pos llama_memory_seq_pos_max(llama_memory_t mem, llama_seq_id seq_id);
     @_c([_mem, llama_seq_id], llama_pos)
     def llama_memory_seq_pos_max(self, mem: llama_memory_t, seq_id: int) -> int: ...

@@ -126,7 +126,9 @@ class Llama:
         self._handles = _Handles(lib)
         self._finalizer = weakref.finalize(self, self._handles.free)
         self._piece_cache: dict[int, bytes] = {}
-        self._decoder = Decoder(lib, self._live, self._piece, embedding=embedding)
+        self._decoder = Decoder(
+            lib, self._live, self._piece, embedding=embedding, reuse=self._params.reuse_prompt
+        )
 
         mparams = lib.llama_model_default_params()
         self._params.model_params(mparams, n_gpu_layers)
@@ -358,6 +360,7 @@ class Llama:
             prompt_ms=tally.prompt_ms,
             predicted_tokens=tally.completion_tokens,
             predicted_ms=tally.predicted_ms,
+            cached_tokens=tally.cached_tokens,
         )
         return Completion(
             text=text,
@@ -516,6 +519,7 @@ class Llama:
         lib = self._lib
         lib.llama_set_embeddings(ctx, True)
         self._decoder.decode_prompt(ctx, tokens, all_outputs=True)
+        self._decoder.forget()
         n_embd = self._n_embd
         if lib.llama_pooling_type(ctx) == h.LLAMA_POOLING_TYPE_NONE:
             rows = lib.llama_get_embeddings(ctx)

@@ -59,6 +59,10 @@ class LlamaParams:
     - ``chat_template``: a template name llama.cpp knows (``"chatml"``, ``"llama3"``, …) or
       template text, used instead of the model's own.
     - ``type_k`` / ``type_v``: KV-cache ``ggml_type`` numbers (1 = F16, 8 = Q8_0).
+    - ``reuse_prompt``: keep the KV cache of the part of a prompt that repeats the previous
+      prompt and output (llama-server's ``cache_prompt``), so a growing chat only decodes what
+      is new. Off by default: decoding a prefix in other batch sizes may change the last bits
+      of the logits, so seeded runs are only bit-reproducible with it off.
     """
 
     n_batch: int = 2048
@@ -72,6 +76,7 @@ class LlamaParams:
     chat_template: str | None = None
     type_k: int = h.GGML_TYPE_F16
     type_v: int = h.GGML_TYPE_F16
+    reuse_prompt: bool = False
 
     def __post_init__(self) -> None:
         if self.n_batch < 1:
