@@ -350,6 +350,16 @@ def test_close_is_idempotent_and_use_after_close_raises(counting_model: Path) ->
         pass
 
 
+def test_dropping_a_llama_frees_it_at_once(counting_model: Path) -> None:
+    """No reference cycles: the last reference going away frees the C memory, no GC needed."""
+    model = Llama(counting_model, n_ctx=256)
+    model.generate(COUNTING_PROMPT, max_tokens=1, temperature=0)
+    finalizer = model._finalizer
+    assert finalizer.alive
+    del model
+    assert not finalizer.alive
+
+
 def test_new_generation_interrupts_an_open_stream(llm: Llama) -> None:
     first = llm.stream(COUNTING_PROMPT, temperature=0)
     assert next(first) == " three"

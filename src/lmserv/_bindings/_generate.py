@@ -1,9 +1,9 @@
 """The decoding loop under :class:`~lmserv.Llama`: prompt decode, token picking, text pieces.
 
-:class:`Decoder` owns no C object; it works on the context of its ``Llama`` (fetched through
-``live``, which raises once the ``Llama`` is closed) and numbers generations with ``serial`` so a
+:class:`Handles` holds a ``Llama``'s model and context pointers. :class:`Decoder` works on that
+context (``Handles.live`` raises once it is freed) and numbers generations with ``serial`` so a
 stream left open notices that the context moved on to another generation, or was freed, and
-raises instead of touching it.
+raises instead of touching it. Neither refers back to the ``Llama``.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ import ctypes
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from lmserv._bindings import _llama_h as h
 from lmserv._bindings._text import PieceAssembler
 from lmserv._bindings.params import SamplingParams
 from lmserv.errors import ContextOverflow, LlamaError
 
-__all__ = ["Decoder", "Tally", "interrupted"]
+__all__ = ["Decoder", "Handles", "Tally", "interrupted"]
 
 
 @dataclass
@@ -49,22 +50,48 @@ def interrupted() -> LlamaError:
     )
 
 
+class Handles:
+    """The C objects of one ``Llama``, freed exactly once (by ``close`` or its finalizer)."""
+
+    def __init__(self, lib: h.LibLlama, model_path: Path) -> None:
+        self.lib = lib
+        self.model_path = model_path
+        self.model: h.llama_model_p | None = None
+        self.ctx: h.llama_context_p | None = None
+
+    def live(self) -> h.llama_context_p:
+        """The context; :class:`~lmserv.errors.LlamaError` once freed."""
+        ctx = self.ctx
+        if ctx is None:
+            raise LlamaError(
+                f"this Llama ({str(self.model_path)!r}) is closed; create a new Llama to use it"
+            )
+        return ctx
+
+    def free(self) -> None:
+        ctx, model = self.ctx, self.model
+        self.ctx = self.model = None
+        if ctx:
+            self.lib.llama_free(ctx)
+        if model:
+            self.lib.llama_model_free(model)
+
+
 class Decoder:
     """Generation and prompt decoding on one context (see the module docstring)."""
 
     def __init__(
         self,
         lib: h.LibLlama,
-        live: Callable[[], h.llama_context_p],
-        piece_of: Callable[[int], bytes],
+        handles: Handles,
         *,
         embedding: bool,
         reuse: bool = False,
     ) -> None:
         self._lib = lib
         self._reuse = reuse
-        self._live = live
-        self._piece_of = piece_of
+        self._live = handles.live
+        self._pieces: dict[int, bytes] = {}
         self._embedding = embedding
         self._vocab = h.llama_vocab_p(0)
         self._n_vocab = self._n_ctx = 0
@@ -115,7 +142,7 @@ class Decoder:
     ) -> Iterator[str]:
         lib = self._lib
         decode, is_eog = lib.llama_decode, lib.llama_vocab_is_eog
-        vocab, n_ctx, piece_of = self._vocab, self._n_ctx, self._piece_of
+        vocab, n_ctx, piece_of = self._vocab, self._n_ctx, self.piece
         pick = self._picker(ctx, sampler)
         limit = sampling.max_tokens
         one = (ctypes.c_int32 * 1)()
@@ -158,6 +185,20 @@ class Decoder:
             tally.predicted_ms = (time.perf_counter() - started) * 1000.0
             if sampler:
                 lib.llama_sampler_free(sampler)
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of ``token`` as generated text (control tokens give ``b""``), cached."""
+        cached = self._pieces.get(token)
+        if cached is not None:
+            return cached
+        buf = ctypes.create_string_buffer(64)
+        n = self._lib.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+        piece = buf.raw[: max(n, 0)]
+        self._pieces[token] = piece
+        return piece
 
     def _picker(
         self, ctx: h.llama_context_p, sampler: h.llama_sampler_p | None

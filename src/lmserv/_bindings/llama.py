@@ -25,7 +25,7 @@ from types import TracebackType
 from lmserv._bindings import _lib
 from lmserv._bindings import _llama_h as h
 from lmserv._bindings._chat import apply_chat_template, builtin_chat_templates
-from lmserv._bindings._generate import Decoder, Tally
+from lmserv._bindings._generate import Decoder, Handles, Tally
 from lmserv._bindings.params import GpuLayers, LlamaParams, SamplingParams, default_threads
 from lmserv._types import Completion, Timings
 from lmserv.errors import ConfigError, ContextOverflow, InvalidModelFile, LlamaError
@@ -59,23 +59,6 @@ def _check_model_file(path: Path) -> None:
 
 def _explain(problems: list[str]) -> str:
     return ("; llama.cpp said: " + " | ".join(problems[-4:])) if problems else ""
-
-
-class _Handles:
-    """The C objects of one :class:`Llama`, freed exactly once (by ``close`` or finalizer)."""
-
-    def __init__(self, lib: h.LibLlama) -> None:
-        self.lib = lib
-        self.model: h.llama_model_p | None = None
-        self.ctx: h.llama_context_p | None = None
-
-    def free(self) -> None:
-        ctx, model = self.ctx, self.model
-        self.ctx = self.model = None
-        if ctx:
-            self.lib.llama_free(ctx)
-        if model:
-            self.lib.llama_model_free(model)
 
 
 class Llama:
@@ -123,11 +106,12 @@ class Llama:
         loaded = _lib.load()
         self._lib = lib = loaded.lib
         self._router = loaded.log_router
-        self._handles = _Handles(lib)
+        # Nothing in _handles or _decoder refers back to this object, so dropping the last
+        # reference to a Llama frees its C memory at once (through the finalizer).
+        self._handles = Handles(lib, self._model_path)
         self._finalizer = weakref.finalize(self, self._handles.free)
-        self._piece_cache: dict[int, bytes] = {}
         self._decoder = Decoder(
-            lib, self._live, self._piece, embedding=embedding, reuse=self._params.reuse_prompt
+            lib, self._handles, embedding=embedding, reuse=self._params.reuse_prompt
         )
 
         mparams = lib.llama_model_default_params()
@@ -202,12 +186,7 @@ class Llama:
         return f"Llama({str(self._model_path)!r}, {state})"
 
     def _live(self) -> h.llama_context_p:
-        ctx = self._handles.ctx
-        if ctx is None:
-            raise LlamaError(
-                f"this Llama ({str(self._model_path)!r}) is closed; create a new Llama to use it"
-            )
-        return ctx
+        return self._handles.live()
 
     # -- facts ---------------------------------------------------------------------------------
 
@@ -283,17 +262,7 @@ class Llama:
             )
 
     def _piece(self, token: int) -> bytes:
-        cached = self._piece_cache.get(token)
-        if cached is not None:
-            return cached
-        buf = ctypes.create_string_buffer(64)
-        n = self._lib.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = self._lib.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
-        piece = buf.raw[: max(n, 0)]
-        self._piece_cache[token] = piece
-        return piece
+        return self._decoder.piece(token)
 
     # -- generation ----------------------------------------------------------------------------
 
