@@ -17,9 +17,11 @@ shared machine), and the median is printed too. Target: ours / llama-bench >= 0.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,22 +47,32 @@ def ours(llm: Llama, tokens: int) -> float:
     return tokens / elapsed
 
 
-def llama_cpp_python(model: Path, threads: int, tokens: int, rounds: int) -> list[float] | None:
-    try:
-        import llama_cpp  # type: ignore[import-not-found]
-    except ImportError:
+_LLAMA_CPP_PYTHON = """
+import json, sys, time
+import llama_cpp
+model, threads, tokens, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+llm = llama_cpp.Llama(model, n_ctx=256, n_threads=threads, verbose=False)
+speeds = []
+for _ in range(runs):
+    start = time.perf_counter()
+    n = sum(1 for _ in llm.create_completion("", max_tokens=tokens, temperature=0, stream=True))
+    speeds.append(n / (time.perf_counter() - start))
+print(json.dumps(speeds))
+"""
+
+
+def llama_cpp_python(model: Path, threads: int, tokens: int, runs: int) -> list[float] | None:
+    """tokens/s of llama-cpp-python, or None when it is not installed.
+
+    Runs in its own process: its bundled libllama must not meet ours in one address space.
+    """
+    if importlib.util.find_spec("llama_cpp") is None:
         return None
-    llm = llama_cpp.Llama(str(model), n_ctx=256, n_threads=threads, verbose=False)
-    speeds = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        n = 0
-        for _chunk in llm.create_completion(
-            "", max_tokens=tokens, temperature=0, stream=True, logit_bias=None
-        ):
-            n += 1
-        speeds.append(n / (time.perf_counter() - start))
-    return speeds
+    args = [str(model), str(threads), str(tokens), str(runs)]
+    out = subprocess.run(
+        [sys.executable, "-c", _LLAMA_CPP_PYTHON, *args], capture_output=True, text=True, check=True
+    ).stdout
+    return [float(x) for x in json.loads(out)]
 
 
 def main() -> None:
