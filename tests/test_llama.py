@@ -210,6 +210,14 @@ def test_tokenize_detokenize(llm: Llama) -> None:
         llm.detokenize([10**6])
 
 
+def test_metadata(llm: Llama) -> None:
+    meta = llm.metadata
+    assert meta["general.architecture"] == "llama"
+    assert meta["tokenizer.chat_template"] == llm.chat_template
+    assert int(meta["llama.context_length"]) == llm.n_ctx_train
+    assert int(meta["llama.embedding_length"]) == llm.n_embd
+
+
 # -- chat ----------------------------------------------------------------------------------------
 
 

@@ -432,6 +432,24 @@ class LibLlama(Protocol):
     @_c([_model, c_char_p, c_size_t], c_int32)
     def llama_model_desc(self, model: llama_model_p, buf: CharBuffer, buf_size: int) -> int: ...
 
+    # int32_t llama_model_meta_count(const struct llama_model * model);
+    @_c([_model], c_int32)
+    def llama_model_meta_count(self, model: llama_model_p) -> int: ...
+
+    # int32_t llama_model_meta_key_by_index(const struct llama_model * model, int32_t i,
+    #                                       char * buf, size_t buf_size);
+    @_c([_model, c_int32, c_char_p, c_size_t], c_int32)
+    def llama_model_meta_key_by_index(
+        self, model: llama_model_p, i: int, buf: CharBuffer, buf_size: int
+    ) -> int: ...
+
+    # int32_t llama_model_meta_val_str_by_index(const struct llama_model * model, int32_t i,
+    #                                           char * buf, size_t buf_size);
+    @_c([_model, c_int32, c_char_p, c_size_t], c_int32)
+    def llama_model_meta_val_str_by_index(
+        self, model: llama_model_p, i: int, buf: CharBuffer, buf_size: int
+    ) -> int: ...
+
     # uint64_t llama_model_n_params(const struct llama_model * model);
     @_c([_model], c_uint64)
     def llama_model_n_params(self, model: llama_model_p) -> int: ...

@@ -17,8 +17,9 @@ import logging
 import math
 import os
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 
@@ -55,6 +56,20 @@ def _check_model_file(path: Path) -> None:
             f"{str(path)!r} is not a GGUF model (it starts with {magic!r}, not {_GGUF_MAGIC!r}); "
             "convert it with llama.cpp's convert_hf_to_gguf.py or download a .gguf file"
         )
+
+
+def _read_string(fill: Callable[[h.CharBuffer, int], int]) -> str | None:
+    """Call a llama.cpp "write a string into buf" function, growing the buffer if needed."""
+    size = 256
+    for _ in range(2):
+        buf = ctypes.create_string_buffer(size)
+        n = fill(buf, size)
+        if n < 0:
+            return None
+        if n < size:
+            return buf.raw[:n].decode("utf-8", "replace")
+        size = n + 1
+    return None  # pragma: no cover - the string kept growing
 
 
 def _explain(problems: list[str]) -> str:
@@ -209,6 +224,25 @@ class Llama:
     def n_embd(self) -> int:
         """Length of the vectors :meth:`embed` returns."""
         return self._n_embd
+
+    @property
+    def n_ctx_train(self) -> int:
+        """The context length the model was trained with."""
+        self._live()
+        return self._lib.llama_model_n_ctx_train(self._model)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The GGUF's scalar key/value pairs as text (arrays such as the vocabulary are left out)."""
+        self._live()
+        lib, model = self._lib, self._model
+        out: dict[str, str] = {}
+        for i in range(lib.llama_model_meta_count(model)):
+            key = _read_string(partial(lib.llama_model_meta_key_by_index, model, i))
+            value = _read_string(partial(lib.llama_model_meta_val_str_by_index, model, i))
+            if key is not None and value is not None:
+                out[key] = value
+        return out
 
     @property
     def chat_template(self) -> str | None:
