@@ -6,11 +6,14 @@ Public API (see README.md)::
     from lmserv import detect_gpus, plan_offload, load_settings
     from lmserv import LlamaServer, Client, AsyncClient
     from lmserv import RpcWorker, split_options          # several machines / GPUs
+    from lmserv import Llama, LlamaParams   # in-process inference (loads libllama lazily)
     from lmserv.testing import write_counting_model   # test models stay a submodule
 """
 
 from __future__ import annotations
 
+from lmserv._bindings.llama import Llama
+from lmserv._bindings.params import LlamaParams
 from lmserv._client import AsyncClient, AsyncTextStream, Client, TextStream
 from lmserv._multigpu import SplitOptions, split_options
 from lmserv._types import ChatCompletion, Completion, Timings
@@ -71,7 +74,9 @@ __all__ = [
     "InsufficientDiskSpace",
     "InvalidModelFile",
     "LibraryMismatch",
+    "Llama",
     "LlamaError",
+    "LlamaParams",
     "LlamaServer",
     "LmservError",
     "ModelError",
