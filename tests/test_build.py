@@ -256,3 +256,81 @@ def test_cuda_required_but_missing_names_what_is_missing(
         auto = build_llama_cpp(tmp_path / "out", source=src, cuda="auto", progress=False)
     assert auto.cuda is False
     assert "building for the CPU instead" in caplog.text
+
+
+def test_quantized_model_runs_on_this_cpu(llama_build: LlamaBuild, tmp_path: Path) -> None:
+    """A Q8_0 model must run: ggml's AMX kernels trap (SIGILL) at this commit where AMX exists."""
+    from lmserv.testing import write_synthetic_model
+
+    model = write_synthetic_model(tmp_path / "q8.gguf", params=20_000_000, quant="q8_0")
+    out = subprocess.run(
+        [
+            str(llama_build.binary("llama-bench")),
+            "-m",
+            str(model),
+            "-p",
+            "16",
+            "-n",
+            "4",
+            "-r",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, f"llama-bench exited {out.returncode}:\n{out.stderr[-2000:]}"
+    assert "q8_0" in out.stdout.lower()
+
+
+def test_cpu_options_leave_out_amx_on_recorded_xeon() -> None:
+    from lmserv.install._toolchain import cpu_feature_options
+
+    recorded = (Path(__file__).parent / "data" / "cpuinfo-xeon-amx.txt").read_text()
+    opts = cpu_feature_options(recorded, platform="linux")
+    assert opts["GGML_NATIVE"] == "OFF"
+    assert {opts[k] for k in ("GGML_AMX_TILE", "GGML_AMX_INT8", "GGML_AMX_BF16")} == {"OFF"}
+    assert opts["GGML_AVX512"] == opts["GGML_AVX512_VNNI"] == opts["GGML_AVX2"] == "ON"
+    no_amx = recorded.replace("amx_tile", "").replace("amx_int8", "").replace("amx_bf16", "")
+    assert cpu_feature_options(no_amx, platform="linux") == {}
+    assert cpu_feature_options(recorded, platform="win32") == {}
+
+
+def test_fast_path_needs_every_option_to_match(tmp_path: Path) -> None:
+    import json
+
+    from lmserv.install import llama_build as lb
+    from lmserv.install._toolchain import find_toolchain
+
+    toolchain = find_toolchain()
+    targets = [*CORE_TARGETS, "llama", "ggml"]
+    bin_dir = tmp_path / "build-cpu" / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in CORE_TARGETS:
+        (bin_dir / name).write_text("")
+    for lib in ("libllama.so", "libggml.so"):
+        (bin_dir / lib).write_text("")
+    options = {"GGML_RPC": "OFF", "GGML_NATIVE": "OFF", "LLAMA_USE_PREBUILT_UI": "ON"}
+    stamp = {**lb._stamp_key(PINNED_COMMIT, options, targets), "cuda": False}
+    (tmp_path / "build-cpu" / "lmserv-build.json").write_text(json.dumps(stamp))
+
+    def fast(opts: dict[str, str], any_ui: bool) -> LlamaBuild | None:
+        return lb._fast_path(
+            tmp_path / "build-cpu",
+            PINNED_COMMIT,
+            opts,
+            any_ui=any_ui,
+            targets=targets,
+            toolchain=toolchain,
+            platform="linux",
+            log_path=tmp_path / "log",
+        )
+
+    assert fast(options, any_ui=False) is not None
+    assert fast({**options, "GGML_NATIVE": "ON"}, any_ui=False) is None
+    ui_off = {**options, "LLAMA_USE_PREBUILT_UI": "OFF"}
+    assert fast(ui_off, any_ui=False) is None, "source='pypi' never uses a UI build"
+    assert fast(ui_off, any_ui=True) is not None, "the default source accepts either"
+    (bin_dir / "llama-cli").unlink()
+    assert fast(options, any_ui=False) is None, "a missing binary means rebuild"

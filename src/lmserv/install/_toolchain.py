@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_CUDA_ARCHITECTURES",
     "CudaToolkit",
     "Toolchain",
+    "cpu_feature_options",
     "cuda_architectures",
     "find_cuda",
     "find_nccl",
@@ -267,3 +268,63 @@ def find_nccl(cuda_root: str | None = None) -> tuple[str, str] | None:
             if libs:
                 return str(include), str(libs[0])
     return None
+
+
+# cpuinfo flag(s) -> the ggml option that enables the same instructions without -march=native.
+_X86_FEATURES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("sse4_2",), "GGML_SSE42"),
+    (("f16c",), "GGML_F16C"),
+    (("fma",), "GGML_FMA"),
+    (("bmi2",), "GGML_BMI2"),
+    (("avx",), "GGML_AVX"),
+    (("avx2",), "GGML_AVX2"),
+    (("avx_vnni",), "GGML_AVX_VNNI"),
+    (("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"), "GGML_AVX512"),
+    (("avx512vbmi",), "GGML_AVX512_VBMI"),
+    (("avx512_vnni",), "GGML_AVX512_VNNI"),
+    (("avx512_bf16",), "GGML_AVX512_BF16"),
+)
+
+
+def cpu_feature_options(cpuinfo: str, *, platform: str | None = None) -> dict[str, str]:
+    """CMake options that keep a native-speed CPU build but leave out Intel AMX.
+
+    At the pinned commit ggml's AMX kernels crash with SIGILL when built by GCC (the tile
+    configuration it loads is built on the stack and optimized away; upstream PR #26954), on
+    every CPU that advertises AMX, e.g. Sapphire Rapids cloud VMs, as soon as a Q8_0/Q4_0 model
+    runs. On such CPUs ``-march=native`` would switch AMX on, so this returns ``GGML_NATIVE=OFF``
+    plus each instruction set the CPU has; on others it returns nothing (native build).
+
+    >>> cpu_feature_options("flags : fpu sse4_2 avx avx2 fma f16c bmi2", platform="linux")
+    {}
+    >>> opts = cpu_feature_options("flags : sse4_2 avx avx2 amx_tile amx_int8", platform="linux")
+    >>> opts["GGML_NATIVE"], opts["GGML_AVX2"], opts["GGML_AMX_INT8"], opts["GGML_AVX512"]
+    ('OFF', 'ON', 'OFF', 'OFF')
+    """
+    platform = platform or sys.platform
+    if platform == "win32":
+        return {}  # MSVC builds never enable AMX through GGML_NATIVE
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    if "amx_tile" not in flags:
+        return {}
+    opts = {
+        "GGML_NATIVE": "OFF",
+        "GGML_AMX_TILE": "OFF",
+        "GGML_AMX_INT8": "OFF",
+        "GGML_AMX_BF16": "OFF",
+    }
+    for needed, option in _X86_FEATURES:
+        opts[option] = "ON" if all(flag in flags for flag in needed) else "OFF"
+    return opts
+
+
+def read_cpuinfo() -> str:
+    """``/proc/cpuinfo`` on Linux, empty elsewhere."""
+    try:
+        return Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ""

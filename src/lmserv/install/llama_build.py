@@ -101,6 +101,15 @@ def _options(
         "GGML_RPC": "ON" if rpc else "OFF",
         "GGML_CUDA": "ON" if cuda else "OFF",
     }
+    cpu_opts = _toolchain.cpu_feature_options(
+        _toolchain.read_cpuinfo(), platform=toolchain.platform
+    )
+    if cpu_opts:
+        log.info(
+            "this CPU has AMX, whose ggml kernels crash at this llama.cpp commit; building "
+            "with its other instruction sets instead of -march=native"
+        )
+        opts.update(cpu_opts)
     if cuda:
         opts["CMAKE_CUDA_ARCHITECTURES"] = cuda_archs or _toolchain.DEFAULT_CUDA_ARCHITECTURES
         opts["GGML_CUDA_NCCL"] = "ON" if nccl else "OFF"
@@ -343,27 +352,13 @@ def build_llama_cpp(
     log_path = work / f"build-{flavour}.log"
     targets = [*CORE_TARGETS, *LIBRARY_TARGETS] + ([RPC_TARGET] if rpc else [])
 
-    with FileLock(str(work / f".build-{flavour}.lock")):
-        # Fast path: a pinned commit is known before fetching anything, so a matching stamp
-        # means nothing to do (no git, no cmake).
-        pinned = (ref or PINNED_COMMIT).lower()
-        if source is None or os.fspath(source) == "pypi":
-            fast = _fast_path(
-                build_dir, pinned, rpc, cuda_kit, toolchain, targets, platform, log_path, source
-            )
-            if fast is not None:
-                return fast
+    archs = nccl = None
+    if cuda_kit:
+        archs = _toolchain.cuda_architectures(_toolchain.detected_compute_caps(), cuda_kit.version)
+        nccl = _toolchain.find_nccl(cuda_kit.root)
 
-        tree: SourceTree = _source.get_source(source, ref, work)
-        log.info("llama.cpp source: %s at %s (%s)", tree.path, tree.commit[:12], tree.kind)
-        want_ui = tree.kind == "git" and _ui_host_reachable()
-        archs = nccl = None
-        if cuda_kit:
-            archs = _toolchain.cuda_architectures(
-                _toolchain.detected_compute_caps(), cuda_kit.version
-            )
-            nccl = _toolchain.find_nccl(cuda_kit.root)
-        options = _options(
+    def options_for(want_ui: bool) -> dict[str, str]:
+        return _options(
             cuda=cuda_kit is not None,
             rpc=rpc,
             want_ui=want_ui,
@@ -371,6 +366,27 @@ def build_llama_cpp(
             cuda_archs=archs,
             nccl=nccl,
         )
+
+    with FileLock(str(work / f".build-{flavour}.lock")):
+        # Fast path: a pinned commit is known before fetching anything, so a stamp with the
+        # same commit and options means nothing to do (no git, no cmake).
+        if source is None or os.fspath(source) == "pypi":
+            fast = _fast_path(
+                build_dir,
+                (ref or PINNED_COMMIT).lower(),
+                options_for(False),
+                any_ui=source is None,  # the default source may have come from git, with the UI
+                targets=targets,
+                toolchain=toolchain,
+                platform=platform,
+                log_path=log_path,
+            )
+            if fast is not None:
+                return fast
+
+        tree: SourceTree = _source.get_source(source, ref, work)
+        log.info("llama.cpp source: %s at %s (%s)", tree.path, tree.commit[:12], tree.kind)
+        options = options_for(tree.kind == "git" and _ui_host_reachable())
         key = _stamp_key(tree.commit, options, targets)
         bin_dir = _output_dirs(build_dir, toolchain)
         stamp = _matching_stamp(build_dir, key)
@@ -442,25 +458,25 @@ def build_llama_cpp(
 def _fast_path(
     build_dir: Path,
     commit: str,
-    rpc: bool,
-    cuda_kit: _toolchain.CudaToolkit | None,
-    toolchain: Toolchain,
+    options: dict[str, str],
+    *,
+    any_ui: bool,
     targets: Sequence[str],
+    toolchain: Toolchain,
     platform: str,
     log_path: Path,
-    source: str | os.PathLike[str] | None,
 ) -> LlamaBuild | None:
     """The previous build, when it is of ``commit`` with the options this call would use."""
     stamp = _read_stamp(build_dir)
     if not stamp or not str(stamp.get("commit", "")).startswith(commit):
         return None
-    if stamp.get("targets") != sorted(targets) or bool(stamp.get("cuda")) != bool(cuda_kit):
+    opts = dict(options)
+    built = stamp.get("options")
+    if any_ui and isinstance(built, dict) and "LLAMA_USE_PREBUILT_UI" in built:
+        opts["LLAMA_USE_PREBUILT_UI"] = str(built["LLAMA_USE_PREBUILT_UI"])
+    wanted = _stamp_key(str(stamp["commit"]), opts, targets)
+    if any(stamp.get(k) != v for k, v in wanted.items()):
         return None
-    opts = stamp.get("options")
-    if not isinstance(opts, dict) or opts.get("GGML_RPC") != ("ON" if rpc else "OFF"):
-        return None
-    if source is not None and opts.get("LLAMA_USE_PREBUILT_UI") != "OFF":
-        return None  # pypi builds never use the UI download; a git build did: rebuild to match
     bin_dir = _output_dirs(build_dir, toolchain)
     binaries, libraries = _expected_outputs(bin_dir, targets, platform)
     if not all(p.exists() for p in [*binaries.values(), *libraries.values()]):
