@@ -2,7 +2,7 @@
 
 Public API (see README.md)::
 
-    from lmserv.install import build_llama_cpp, download_models
+    from lmserv.install import build_llama_cpp, download_file, download_models, ensure_model
 """
 
 from __future__ import annotations
@@ -39,12 +39,21 @@ from lmserv.errors import (
 
 __version__ = "0.1.0"
 
+from lmserv.install import (
+    CatalogEntry,
+    LocalModel,
+    download_file,
+    download_models,
+    ensure_model,
+)
+
 __all__ = [
     "APIError",
     "AuthenticationError",
     "BadRequestError",
     "BinaryNotFound",
     "BuildError",
+    "CatalogEntry",
     "ChecksumMismatch",
     "ConfigError",
     "ContextOverflow",
@@ -56,6 +65,7 @@ __all__ = [
     "LibraryMismatch",
     "LlamaError",
     "LmservError",
+    "LocalModel",
     "ModelError",
     "ModelNotFound",
     "NotFoundError",
@@ -68,4 +78,7 @@ __all__ = [
     "UnsafeArchive",
     "WorkerError",
     "__version__",
+    "download_file",
+    "download_models",
+    "ensure_model",
 ]

@@ -1,13 +1,274 @@
-"""The model catalog and verified downloads (placeholder until the model-fetching issue)."""
+"""Models by name: the catalog, :func:`download_models`, :func:`ensure_model`, local listing.
+
+A model is asked for by catalog name or alias (``qwen2.5-0.5b-instruct``), by URL, or as
+``hf://owner/repo/file.gguf``; a URL or ``hf://`` spec may carry ``#sha256=<hex>``. Files land in
+:func:`lmserv.config.models_dir` unless a folder is given, and are verified before they appear.
+
+Command line (the seed interface, kept)::
+
+    python -m lmserv.install.models_fetch NAME... --target models/
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["download_models"]
+from lmserv import config
+from lmserv.errors import ConfigError, LmservError, ModelNotFound
+from lmserv.install._catalog import (
+    CatalogEntry,
+    is_direct_spec,
+    load_catalog,
+    lookup,
+    parse_spec,
+)
+from lmserv.install._download import download_file, is_verified, read_sidecar, sidecar_path
+
+__all__ = [
+    "CatalogEntry",
+    "LocalModel",
+    "download_models",
+    "ensure_model",
+    "list_local",
+    "load_catalog",
+    "main",
+    "remove_model",
+]
+
+log = logging.getLogger(__name__)
+
+_MODEL_SUFFIXES = (".gguf", ".bin")
 
 
-def download_models(names: list[str], target_dir: str | os.PathLike[str]) -> list[Path]:
-    """Download catalog models ``names`` into ``target_dir``; not implemented yet."""
-    raise NotImplementedError("download_models arrives with the model-fetching issue")
+@dataclass(frozen=True)
+class LocalModel:
+    """A model file in the models folder.
+
+    ``verified`` means its sidecar still matches it (size and mtime since the digest was
+    checked) and, for a catalog model, the digest is the catalog's.
+    """
+
+    path: Path
+    size: int
+    verified: bool
+    sha256: str | None
+    catalog_name: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "name": self.path.name,
+            "size": self.size,
+            "verified": self.verified,
+            "sha256": self.sha256,
+            "catalog_name": self.catalog_name,
+        }
+
+
+def _folder(target_dir: str | os.PathLike[str] | None) -> Path:
+    return Path(target_dir).expanduser() if target_dir is not None else config.models_dir()
+
+
+def _fetch_spec(
+    spec: str,
+    folder: Path,
+    catalog: Mapping[str, CatalogEntry],
+    *,
+    progress: bool | None,
+    connections: int | None,
+    **options: Any,
+) -> Path:
+    resolved = parse_spec(spec, catalog)
+    return download_file(
+        resolved.url,
+        folder / resolved.filename,
+        sha256=resolved.sha256,
+        size=resolved.size,
+        connections=connections,
+        progress=progress,
+        resume_hint=f"run `lmserv pull {spec}` again",
+        **options,
+    )
+
+
+def download_models(
+    names: Sequence[str],
+    target_dir: str | os.PathLike[str] | None = None,
+    *,
+    catalog: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: bool | None = None,
+    connections: int | None = None,
+    **options: Any,
+) -> list[Path]:
+    """Download each of ``names`` (catalog names, aliases, URLs or ``hf://`` specs).
+
+    Returns the verified local paths, in order; files already verified are returned without
+    network access. ``catalog`` adds or overrides entries (name -> dict with the shipped keys:
+    url, sha256, size, license, description, ...). Further keyword ``options`` go to
+    :func:`~lmserv.install.download_file` (e.g. ``stall_timeout``, ``retries``).
+    Raises :class:`ModelNotFound` (listing close names) before downloading anything if a name
+    is unknown, and the errors of :func:`download_file`.
+    """
+    folder = _folder(target_dir)
+    entries = load_catalog(catalog)
+    for name in names:  # fail on a typo before spending minutes on the other downloads
+        parse_spec(name, entries)
+    return [
+        _fetch_spec(name, folder, entries, progress=progress, connections=connections, **options)
+        for name in names
+    ]
+
+
+def ensure_model(
+    spec: str | os.PathLike[str],
+    target_dir: str | os.PathLike[str] | None = None,
+    *,
+    progress: bool | None = None,
+) -> Path:
+    """A local file for ``spec``, downloading it only if needed.
+
+    ``spec`` is an existing file path (returned as is), a catalog name or alias (the verified
+    file, fetched if absent), or a URL / ``hf://owner/repo/file.gguf`` (``#sha256=<hex>``
+    optional). Default folder: :func:`lmserv.config.models_dir`.
+    Raises :class:`ModelNotFound` for an unknown name that is not a file either.
+    """
+    text = os.fspath(spec)
+    if not is_direct_spec(text):
+        path = Path(text).expanduser()
+        if path.is_file():
+            return path
+        looks_like_path = os.sep in text or "/" in text or text.endswith(_MODEL_SUFFIXES)
+        if looks_like_path and not _in_catalog(text):
+            raise ModelNotFound(
+                f"model file {text!r} does not exist; check the path, or give a catalog name "
+                "(`lmserv list`), a URL or hf://owner/repo/file.gguf"
+            )
+    folder = _folder(target_dir)
+    entries = load_catalog()
+    return _fetch_spec(text, folder, entries, progress=progress, connections=None)
+
+
+def _in_catalog(name: str) -> bool:
+    try:
+        lookup(name, load_catalog())
+    except ModelNotFound:
+        return False
+    return True
+
+
+def _catalog_by_file(catalog: Mapping[str, CatalogEntry]) -> dict[str, CatalogEntry]:
+    return {entry.local_name: entry for entry in catalog.values()}
+
+
+def list_local(
+    target_dir: str | os.PathLike[str] | None = None,
+    catalog: Mapping[str, CatalogEntry] | None = None,
+) -> list[LocalModel]:
+    """Model files in ``target_dir`` with size and verified state (no hashing, no network).
+
+    Partial downloads (``.part``), sidecars and lock files are not listed; extracted archive
+    folders are.
+    """
+    folder = _folder(target_dir)
+    entries = catalog if catalog is not None else load_catalog()
+    by_file = _catalog_by_file(entries)
+    found: list[LocalModel] = []
+    if not folder.is_dir():
+        return found
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.name.endswith((".part", ".part.json", ".tmp")):
+            continue
+        entry = by_file.get(path.name)
+        if path.is_dir():
+            size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+            found.append(LocalModel(path, size, False, None, None))
+            continue
+        record = read_sidecar(path) or {}
+        digest = record.get("sha256")
+        verified = is_verified(path, entry.sha256 if entry else None)
+        found.append(
+            LocalModel(
+                path=path,
+                size=path.stat().st_size,
+                verified=verified,
+                sha256=str(digest) if digest else None,
+                catalog_name=entry.name if entry else None,
+            )
+        )
+    return found
+
+
+def remove_model(
+    name: str,
+    target_dir: str | os.PathLike[str] | None = None,
+    catalog: Mapping[str, CatalogEntry] | None = None,
+) -> list[Path]:
+    """Delete a model (catalog name, alias, or file name in the folder) and its partial files.
+
+    Returns the paths removed. Raises :class:`ModelNotFound` when nothing matches.
+    """
+    folder = _folder(target_dir)
+    entries = catalog if catalog is not None else load_catalog()
+    if "/" in name or os.sep in name or name in (".", ".."):
+        raise ConfigError(
+            f"{name!r} is not a model name; give a catalog name or a file name in {folder}"
+        )
+    candidates = [name]
+    try:
+        candidates.insert(0, lookup(name, entries).local_name)
+    except ModelNotFound:
+        pass
+    removed: list[Path] = []
+    for filename in dict.fromkeys(candidates):
+        base = folder / filename
+        related = [
+            base,
+            base.with_name(base.name + ".part"),
+            base.with_name(base.name + ".part.json"),
+            sidecar_path(base),
+            base.with_name(f".{base.name}.lock"),
+        ]
+        for path in related:
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+                removed.append(path)
+    if not any(p.name == c or p.name == c + ".part" for p in removed for c in candidates):
+        raise ModelNotFound(
+            f"no local model {name!r} in {folder}; `lmserv list` shows what is there"
+        )
+    return removed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m lmserv.install.models_fetch NAME... --target DIR``: download and print paths."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lmserv.install.models_fetch",
+        description="Download catalog models (or URLs / hf:// specs), verified.",
+    )
+    parser.add_argument("names", nargs="+", metavar="NAME", help="catalog name, URL or hf:// spec")
+    parser.add_argument("--target", type=Path, default=None, help="folder for the models")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        paths = download_models(args.names, args.target, progress=False if args.quiet else None)
+    except LmservError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
