@@ -357,6 +357,7 @@ def _fetch(
         wanted = connections or (DEFAULT_CONNECTIONS if (total or 0) >= PARALLEL_MIN_SIZE else 1)
         if total is None or wanted == 1 or total < 2 * _parallel.MIN_CHUNK:
             return single()
+        _check_disk(dest.parent, total)
         chunks = _parallel.plan_chunks(total, wanted)
     assert total is not None
     _check_disk(dest.parent, total - sum(c.done for c in chunks))
