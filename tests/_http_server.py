@@ -294,6 +294,10 @@ class FileServer:
         return self.state.bytes_served
 
     def reset_log(self) -> None:
+        """Forget requests and counts, after connections of a killed client have wound down."""
+        deadline = time.monotonic() + 10
+        while self.state.active and time.monotonic() < deadline:
+            time.sleep(0.02)
         with self.state.lock:
             self.state.requests.clear()
             self.state.bytes_served = 0

@@ -251,7 +251,7 @@ def run_parallel(
     try:
         for thread in threads:
             thread.start()
-        with open(part, "rb") as reader:
+        with open(part, "rb", buffering=0) as reader:  # no read-ahead of unwritten bytes
             while True:
                 watermark = 0
                 for chunk in chunks:
