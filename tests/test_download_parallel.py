@@ -48,7 +48,7 @@ def test_tens_of_megabytes_in_parallel_verified(tmp_path: Path) -> None:
             **FAST,
         )
         assert dest.read_bytes() == big
-        assert srv.state.max_active >= 4
+        assert srv.state.max_active >= 2  # connections overlapped
         assert srv.requests[0].range == "bytes=0-0"  # the probe
         assert len(srv.requests) >= 5
         assert srv.bytes_served == len(big) + 1
