@@ -68,8 +68,12 @@ def _check_member(member: tarfile.TarInfo, root: str, archive: Path) -> None:
         if link.startswith("/") or PureWindowsPath(member.linkname).drive:
             raise refuse(f"links to the absolute path {member.linkname!r}")
         base = os.path.dirname(dest) if member.issym() else root
-        target = os.path.normpath(os.path.join(base, link))
-        if not _inside(root, target):
+        target = os.path.join(base, link)
+        # Lexically and through links already extracted (``a -> .`` then ``b -> a/..``).
+        real_root = os.path.realpath(root)
+        if not _inside(root, os.path.normpath(target)) or not _inside(
+            real_root, os.path.realpath(target)
+        ):
             raise refuse(f"links to {member.linkname!r}, outside the target folder")
     elif not (member.isfile() or member.isdir()):
         raise refuse("is a device, FIFO or other special file")
