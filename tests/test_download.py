@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _http_server import FileServer
 
+from _http_server import FileServer
 from lmserv.errors import ChecksumMismatch, DownloadError, InsufficientDiskSpace
 from lmserv.install import download_file
 from lmserv.install._download import sidecar_path
@@ -91,9 +91,7 @@ def test_complete_part_answered_416_is_verified_without_download(
     assert server.bytes_served == 0
 
 
-def test_dropped_connections_resume_where_they_stopped(
-    server: FileServer, tmp_path: Path
-) -> None:
+def test_dropped_connections_resume_where_they_stopped(server: FileServer, tmp_path: Path) -> None:
     server.set_faults(drop_after=700_000, drop_times=3)
     dest = download_file(server.url("/model.gguf"), tmp_path / "model.gguf", sha256=SHA, **FAST)
     assert dest.read_bytes() == DATA

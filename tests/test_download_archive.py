@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from _http_server import FileServer
 
+from _http_server import FileServer
 from lmserv.errors import UnsafeArchive
 from lmserv.install import download_file
 from lmserv.install._archive import extract_archive
@@ -48,9 +48,10 @@ def _good(tar: tarfile.TarFile) -> None:
 
 def _gz(raw: bytes) -> bytes:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(raw)) as src, tarfile.open(
-        fileobj=buf, mode="w:gz"
-    ) as dst:
+    with (
+        tarfile.open(fileobj=io.BytesIO(raw)) as src,
+        tarfile.open(fileobj=buf, mode="w:gz") as dst,
+    ):
         for member in src:
             dst.addfile(member, src.extractfile(member) if member.isfile() else None)
     return buf.getvalue()
@@ -154,6 +155,8 @@ def test_unsafe_archive_download_keeps_no_files(server: FileServer, tmp_path: Pa
     blob = _gz(_tar(_dotdot))
     url = server.add("/evil.tar.gz", blob)
     with pytest.raises(UnsafeArchive):
-        download_file(url, tmp_path / "evil.tar.gz", sha256=hashlib.sha256(blob).hexdigest(), **FAST)
+        download_file(
+            url, tmp_path / "evil.tar.gz", sha256=hashlib.sha256(blob).hexdigest(), **FAST
+        )
     assert not (tmp_path / "evil").exists()
     assert not (tmp_path.parent / "escape-dotdot.txt").exists()

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _http_server import FileServer
 
+from _http_server import FileServer
 from lmserv.errors import ChecksumMismatch, DownloadError
 from lmserv.install import download_file
 
@@ -144,9 +144,7 @@ def _wait_for(predicate: object, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
-def test_two_processes_fetching_one_file_do_not_collide(
-    server: FileServer, tmp_path: Path
-) -> None:
+def test_two_processes_fetching_one_file_do_not_collide(server: FileServer, tmp_path: Path) -> None:
     server.set_faults(throttle=1_000_000)  # about two seconds with 4 connections
     dest = tmp_path / "s.gguf"
     first = _spawn(server.url("/small.gguf"), dest)
@@ -168,9 +166,7 @@ def test_two_processes_fetching_one_file_do_not_collide(
     assert server.bytes_served == len(SMALL) + 1  # one download (and its 1-byte probe)
 
 
-def test_ctrl_c_during_parallel_download_resumes_chunks(
-    server: FileServer, tmp_path: Path
-) -> None:
+def test_ctrl_c_during_parallel_download_resumes_chunks(server: FileServer, tmp_path: Path) -> None:
     server.set_faults(throttle=1_000_000)
     dest = tmp_path / "s.gguf"
     state = tmp_path / "s.gguf.part.json"

@@ -25,6 +25,16 @@ def _connections(text: str) -> int:
     return value
 
 
+def _retries(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
 def _add_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dir",
@@ -51,6 +61,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=_connections,
         default=None,
         help="parallel connections per file (default: 8 for large files, 1 turns it off)",
+    )
+    pull.add_argument(
+        "--retries",
+        type=_retries,
+        default=5,
+        help="tries after a failure without progress before giving up (default: 5)",
     )
     pull.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     pull.set_defaults(func=_pull)
@@ -79,7 +95,11 @@ def _pull(args: argparse.Namespace) -> int:
     progress = False if args.quiet else None
     try:
         paths = download_models(
-            args.names, args.dir, progress=progress, connections=args.connections
+            args.names,
+            args.dir,
+            progress=progress,
+            connections=args.connections,
+            retries=args.retries,
         )
     except ConfigError as exc:  # a malformed spec is a usage error
         print(f"lmserv pull: error: {exc}", file=sys.stderr)
