@@ -450,7 +450,12 @@ def download_file(
         bar = _Bar(progress, size, dest.name)
         policy = RetryPolicy(retries=retries, backoff=backoff)
         try:
-            with Fetcher(url, headers=headers, stall_timeout=stall_timeout) as fetcher:
+            with Fetcher(
+                url,
+                headers=headers,
+                stall_timeout=stall_timeout,
+                connections=connections or DEFAULT_CONNECTIONS,
+            ) as fetcher:
                 digest, nbytes = _fetch(
                     fetcher,
                     dest,
