@@ -162,7 +162,9 @@ def bench_rss(size: int) -> None:
         peak = _peak_rss_mb(f"{base}/virtual", str(dest))
         elapsed = time.perf_counter() - start
     _clean(dest)
-    print(f"[3] peak RSS downloading {size / 2**30:.2f} GiB (default connections), {elapsed:.1f} s:")
+    print(
+        f"[3] peak RSS downloading {size / 2**30:.2f} GiB (default connections), {elapsed:.1f} s:"
+    )
     print(f"    baseline (python + import lmserv): {baseline:.1f} MB")
     print(f"    download:                          {peak:.1f} MB  (target < 100 MB)")
     print(f"    ratio (download / baseline): {peak / baseline:.2f}x")
