@@ -46,6 +46,7 @@ class Faults:
     fake_total: int | None = None  # report this size instead of the real one
     fail_after_bytes: int | None = None  # once this many body bytes went out: 500 forever
     status: int | None = None  # answer every request with this status
+    gate: threading.Event | None = None  # hold every response until this is set
 
 
 @dataclass
@@ -161,6 +162,8 @@ class _Handler(BaseHTTPRequestHandler):
             if fail_503:
                 f.fail_503 -= 1
             down = f.fail_after_bytes is not None and st.bytes_served >= f.fail_after_bytes
+        if f.gate is not None:
+            f.gate.wait(30)
         if f.status is not None:
             self._simple(f.status)
             return

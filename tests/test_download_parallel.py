@@ -8,9 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -70,7 +72,7 @@ def test_parallel_survives_drops_503_and_a_stall(server: FileServer, tmp_path: P
         stall_times=1,
         stall_seconds=60,
     )
-    options = dict(FAST, stall_timeout=0.5)
+    options = dict(FAST, stall_timeout=1.0)
     dest = download_file(
         server.url("/small.gguf"), tmp_path / "s.gguf", sha256=SMALL_SHA, connections=4, **options
     )
@@ -145,35 +147,47 @@ def _wait_for(predicate: object, timeout: float = 30.0) -> None:
 
 
 def test_two_processes_fetching_one_file_do_not_collide(server: FileServer, tmp_path: Path) -> None:
-    server.set_faults(throttle=1_000_000)  # about two seconds with 4 connections
+    gate = threading.Event()
+    server.set_faults(gate=gate)  # the first process holds its lock until the second waits
     dest = tmp_path / "s.gguf"
     first = _spawn(server.url("/small.gguf"), dest)
     second = None
     try:
-        _wait_for(lambda: len(server.requests) > 0)
+        _wait_for(lambda: server.state.active > 0)
         second = _spawn(server.url("/small.gguf"), dest)
+        assert second.stderr is not None
+        line = _readline(second.stderr, timeout=60)
+        assert "waiting for another process" in line, line
+        gate.set()
         out1, err1 = first.communicate(timeout=60)
         out2, err2 = second.communicate(timeout=60)
     finally:
+        gate.set()
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
                 proc.kill()
     assert first.returncode == 0, err1.decode()
     assert second.returncode == 0, err2.decode()
     assert out1.strip() == out2.strip() == str(dest).encode()
-    assert b"waiting for another process" in err2
     assert dest.read_bytes() == SMALL
     assert server.bytes_served == len(SMALL) + 1  # one download (and its 1-byte probe)
 
 
+def _readline(stream: IO[bytes], timeout: float) -> str:
+    lines: list[bytes] = []
+    reader = threading.Thread(target=lambda: lines.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return lines[0].decode() if lines else "(nothing)"
+
+
 def test_ctrl_c_during_parallel_download_resumes_chunks(server: FileServer, tmp_path: Path) -> None:
-    server.set_faults(throttle=1_000_000)
+    server.set_faults(throttle=500_000)  # 4 connections: about 4 s for the whole file
     dest = tmp_path / "s.gguf"
     state = tmp_path / "s.gguf.part.json"
     proc = _spawn(server.url("/small.gguf"), dest)
     try:
-        _wait_for(lambda: server.bytes_served > 2_000_000)
-        time.sleep(1.2)  # past the first checkpoint of the chunk progress
+        _wait_for(lambda: server.bytes_served > 1_500_000)
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=30)
     finally:

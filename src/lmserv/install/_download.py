@@ -217,7 +217,6 @@ def _single(
             pos = 0
         elif pos:
             log.info("resuming %s at byte %d", part, pos)
-            bar.update(0)
             pos = 0
             with open(part, "rb") as f:
                 while block := f.read(_HASH_BLOCK):
