@@ -143,9 +143,39 @@ def test_user_and_argument_entries(monkeypatch: pytest.MonkeyPatch) -> None:
     bad = _entry("https://h/m.gguf", sha256="abc")
     with pytest.raises(ConfigError, match=r"catalog entry 'broken'.*sha256 'abc'"):
         load_catalog({"broken": bad})
-    no_size = {k: v for k, v in _entry("https://h/m.gguf").items() if k != "size"}
-    with pytest.raises(ConfigError, match="lacks size"):
-        load_catalog({"broken": no_size})
+    no_url = {k: v for k, v in _entry("https://h/m.gguf").items() if k != "url"}
+    with pytest.raises(ConfigError, match="lacks url"):
+        load_catalog({"broken": no_url})
+
+
+def test_entries_from_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    conf = tmp_path / "config.toml"
+    conf.write_text(
+        f"""
+[catalog.from-file]
+url = "hf://me/repo@0123abc/from-file-Q4_K_M.gguf"
+sha256 = "{SHA}"
+aliases = ["ff"]
+
+[catalog.typo]
+url = "https://h/typo.gguf"
+sha256 = "not-a-digest"
+""",
+        "utf-8",
+    )
+    monkeypatch.setenv("LMSERV_CONFIG", str(conf))
+    catalog = load_catalog()
+    entry = lookup("ff", catalog)
+    assert entry.url == "https://huggingface.co/me/repo/resolve/0123abc/from-file-Q4_K_M.gguf"
+    assert (entry.sha256, entry.size, entry.source) == (SHA, None, "user")
+    # The bad entry is skipped (with a warning) instead of breaking every other name ...
+    assert "typo" not in catalog and "not-a-digest" in caplog.text
+    assert lookup("phi3-mini", catalog).name == "phi3-mini"
+    # ... and asking for it by name shows what is wrong with it.
+    with pytest.raises(ConfigError, match="not-a-digest"):
+        lookup("typo", catalog)
 
 
 def test_download_models_by_name_from_extra_catalog(server: FileServer, tmp_path: Path) -> None:

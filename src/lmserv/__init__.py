@@ -3,10 +3,16 @@
 Public API (see README.md)::
 
     from lmserv.install import build_llama_cpp, download_file, download_models, ensure_model
+    from lmserv import detect_gpus, plan_offload, load_settings
+    from lmserv import LlamaServer, Client, AsyncClient
+    from lmserv.testing import write_counting_model   # test models stay a submodule
 """
 
 from __future__ import annotations
 
+from lmserv._client import AsyncClient, AsyncTextStream, Client, TextStream
+from lmserv._types import ChatCompletion, Completion, Timings
+from lmserv.config import Settings, get_settings, load_settings
 from lmserv.errors import (
     APIError,
     AuthenticationError,
@@ -36,6 +42,8 @@ from lmserv.errors import (
     UnsafeArchive,
     WorkerError,
 )
+from lmserv.gpu import GPU, OffloadPlan, cuda_compute_capabilities, detect_gpus, plan_offload
+from lmserv.server import LlamaServer, ServerInfo
 
 __version__ = "0.1.0"
 
@@ -48,13 +56,19 @@ from lmserv.install import (
 )
 
 __all__ = [
+    "GPU",
     "APIError",
+    "AsyncClient",
+    "AsyncTextStream",
     "AuthenticationError",
     "BadRequestError",
     "BinaryNotFound",
     "BuildError",
     "CatalogEntry",
+    "ChatCompletion",
     "ChecksumMismatch",
+    "Client",
+    "Completion",
     "ConfigError",
     "ContextOverflow",
     "DownloadError",
@@ -64,21 +78,32 @@ __all__ = [
     "InvalidModelFile",
     "LibraryMismatch",
     "LlamaError",
+    "LlamaServer",
     "LmservError",
     "LocalModel",
     "ModelError",
     "ModelNotFound",
     "NotFoundError",
+    "OffloadPlan",
     "ServerError",
+    "ServerInfo",
     "ServerStartError",
     "ServerTimeout",
     "ServerUnavailable",
+    "Settings",
     "SourceError",
+    "TextStream",
+    "Timings",
     "ToolchainMissing",
     "UnsafeArchive",
     "WorkerError",
     "__version__",
+    "cuda_compute_capabilities",
+    "detect_gpus",
     "download_file",
     "download_models",
     "ensure_model",
+    "get_settings",
+    "load_settings",
+    "plan_offload",
 ]

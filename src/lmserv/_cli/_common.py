@@ -1,4 +1,11 @@
-"""Small helpers shared by the subcommand modules: JSON output and TTY-aware colour."""
+"""Small helpers shared by the subcommand modules, so every command looks and behaves alike.
+
+Conventions every subcommand follows: a one-line ``help`` and a fuller ``description``;
+``--json`` (via :func:`add_json_flag`) on listing commands, printing one JSON document to stdout;
+exit 0 on success, 1 on failure (raise an :class:`~lmserv.errors.LmservError`; ``cli.main`` turns
+it into ``lmserv: error: ...``), 2 on usage errors (argparse's own ``parser.error``); colour only
+on a TTY and never when ``NO_COLOR`` is set.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,15 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["add_json_flag", "colour", "print_json"]
+__all__ = [
+    "add_json_flag",
+    "colour",
+    "human_bytes",
+    "positive_int",
+    "print_json",
+    "status_label",
+    "use_colour",
+]
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
@@ -20,10 +35,52 @@ def print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
+def use_colour(stream: Any = None) -> bool:
+    """Colour only on a TTY and when ``NO_COLOR`` is unset (https://no-color.org)."""
+    stream = stream or sys.stdout
+    if os.environ.get("NO_COLOR"):
+        return False
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
 def colour(text: str, code: str, stream: Any = None) -> str:
     """Wrap ``text`` in an ANSI colour only on a TTY and when ``NO_COLOR`` is unset."""
-    stream = stream or sys.stdout
-    if os.environ.get("NO_COLOR") or not getattr(stream, "isatty", lambda: False)():
+    if not use_colour(stream):
         return text
-    codes = {"red": "31", "green": "32", "yellow": "33", "bold": "1"}
+    codes = {"red": "31", "green": "32", "yellow": "33", "bold": "1", "dim": "2"}
     return f"\033[{codes.get(code, code)}m{text}\033[0m"
+
+
+_STATUS_COLOURS = {"ok": "green", "warn": "yellow", "fail": "red", "info": "dim"}
+
+
+def status_label(status: str, width: int = 5) -> str:
+    """``ok``/``warn``/``fail``/``info`` padded to ``width``, coloured on a TTY."""
+    return colour(status.ljust(width), _STATUS_COLOURS.get(status, "bold"))
+
+
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``'1.5 KiB'``; binary units, as nvidia-smi and llama.cpp print them.
+
+    >>> human_bytes(85899345920)
+    '80.0 GiB'
+    >>> human_bytes(512)
+    '512 B'
+    """
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"  # pragma: no cover - loop always returns
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for counts: a whole number of at least 1 (else exit 2 with a reason)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value

@@ -6,21 +6,12 @@ import argparse
 from pathlib import Path
 
 from lmserv import config
+from lmserv._cli._common import positive_int
 from lmserv.install.llama_build import CudaChoice, build_llama_cpp
 
 __all__ = ["register"]
 
 _CUDA: dict[str, CudaChoice] = {"auto": "auto", "on": True, "off": False}
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
-    return value
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,28 +24,58 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--cuda",
         choices=sorted(_CUDA),
-        default="auto",
-        help="build with CUDA: auto (when nvcc and cuBLAS are present), on, off",
+        default=None,
+        help="build with CUDA: auto (when nvcc and cuBLAS are present), on, off "
+        "(default: setting build.cuda, else auto)",
     )
     p.add_argument(
         "--source",
         default=None,
-        help="git URL, local folder or tarball, or 'pypi' (default: upstream git, "
-        "falling back to the llama-cpp-python sdist)",
+        help="git URL, local folder or tarball, or 'pypi' (default: setting build.source, else "
+        "upstream git, falling back to the llama-cpp-python sdist)",
     )
     p.add_argument("--ref", default=None, help="git ref to build (default: the pinned commit)")
-    p.add_argument("--rpc", action="store_true", help="also build the RPC worker ggml-rpc-server")
-    p.add_argument("--jobs", "-j", type=_positive, default=None, help="parallel compile jobs")
     p.add_argument(
-        "--dir", type=Path, default=None, help=f"output folder (default: {config.builds_dir()})"
+        "--rpc",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also build the RPC worker ggml-rpc-server (default: setting build.rpc, else no)",
+    )
+    p.add_argument(
+        "--jobs",
+        "-j",
+        type=positive_int,
+        default=None,
+        help="parallel compile jobs (default: setting build.jobs, else all cores)",
+    )
+    # No config lookup here: building the parser must not fail on a broken config file.
+    p.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="output folder (default: setting paths.builds, else <data folder>/llama.cpp)",
     )
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    out = args.dir or config.builds_dir()
+    settings = config.load_settings(
+        {
+            "paths.builds": args.dir,
+            "build.cuda": args.cuda,
+            "build.source": args.source,
+            "build.rpc": args.rpc,
+            "build.jobs": args.jobs,
+        }
+    )
+    opts = settings.build
     result = build_llama_cpp(
-        out, cuda=_CUDA[args.cuda], source=args.source, ref=args.ref, rpc=args.rpc, jobs=args.jobs
+        settings.paths.builds,
+        cuda=_CUDA[opts.cuda],
+        source=opts.source,
+        ref=args.ref,
+        rpc=opts.rpc,
+        jobs=opts.jobs,
     )
     kind = "CUDA" if result.cuda else "CPU"
     print(f"llama.cpp {result.commit[:12]} ({kind} build)")

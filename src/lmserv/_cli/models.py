@@ -109,7 +109,9 @@ def _pull(args: argparse.Namespace) -> int:
     return 0
 
 
-def _size(n: int) -> str:
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
     value = float(n)
     for unit in ("B", "KB", "MB", "GB"):
         if value < 1000:
@@ -151,7 +153,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _key(entry: CatalogEntry) -> tuple[int, int]:
-    return (entry.kind == "embedding", entry.size)
+    return (entry.kind == "embedding", entry.size or 0)
 
 
 def _rm(args: argparse.Namespace) -> int:

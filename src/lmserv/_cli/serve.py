@@ -1,9 +1,243 @@
-"""`lmserv` subcommands: placeholder, filled in by its issue."""
+"""``lmserv serve``, ``lmserv run`` and ``lmserv chat``: a model served and talked to.
+
+``MODEL`` is a GGUF path, a catalog name or URL (fetched if needed), or ``counting``: the tiny
+built-in test model (the default), written on the spot, that counts ``one two`` on to ``ten``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from lmserv import config
+from lmserv.client import ChatCompletion, Client, TextStream
+from lmserv.errors import ModelNotFound
+from lmserv.install import models_fetch
+from lmserv.server import LlamaServer
+from lmserv.testing import write_counting_model
+
+__all__ = ["register", "resolve_model"]
+
+COUNTING = "counting"
+
+
+def resolve_model(spec: str | None) -> Path:
+    """A local GGUF path for ``spec``: a file, ``counting`` (default), or a catalog name/URL.
+
+    Raises :class:`~lmserv.errors.ModelNotFound` when nothing matches.
+    """
+    if spec is None or spec == COUNTING:
+        return write_counting_model(config.models_dir() / "counting.gguf")
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    ensure = getattr(models_fetch, "ensure_model", None)  # the catalog's resolver
+    if ensure is None:
+        raise ModelNotFound(
+            f"model {spec!r} is not a file, and this lmserv has no model catalog; "
+            f"pass a path to a .gguf file, or {COUNTING!r} for the built-in test model"
+        )
+    return Path(ensure(spec))
+
+
+def _server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ctx-size", "-c", type=int, default=None, help="context size (default: model's)"
+    )
+    p.add_argument(
+        "--n-gpu-layers",
+        "-ngl",
+        default="auto",
+        help="layers on the GPU: auto (default: as many as fit), all, or a number",
+    )
+    p.add_argument("--parallel", "-np", type=int, default=None, help="server slots (default: 4)")
+    p.add_argument("--rpc", default=None, help="RPC workers, comma-separated host:port")
+    p.add_argument(
+        "--server-args",
+        default="",
+        help='extra llama-server flags in one string, e.g. "--embeddings --pooling mean"',
+    )
+
+
+def _make_server(args: argparse.Namespace, **kwargs: Any) -> LlamaServer:
+    ngl: int | str = args.n_gpu_layers
+    if isinstance(ngl, str) and ngl.isdigit():
+        ngl = int(ngl)
+    return LlamaServer(
+        resolve_model(args.model),
+        ctx_size=args.ctx_size,
+        n_gpu_layers=ngl,
+        parallel=args.parallel,
+        rpc=args.rpc.split(",") if args.rpc else None,
+        extra_args=shlex.split(args.server_args),
+        **kwargs,
+    )
+
+
+def _sigterm_as_interrupt() -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add this group's subcommands to ``sub``."""
+    """Add ``serve``, ``run`` and ``chat``."""
+    p = sub.add_parser(
+        "serve",
+        help="run llama-server for a model in the foreground",
+        description="Start llama-server for MODEL, print its URL, and stop it cleanly on Ctrl-C.",
+    )
+    p.add_argument("model", nargs="?", default=None, help="GGUF path, catalog name, or 'counting'")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    p.add_argument("--api-key", default=None, help="require this key (Authorization: Bearer)")
+    _server_options(p)
+    p.set_defaults(func=_serve)
+
+    for name, helptext in (
+        ("run", "answer one prompt, streamed"),
+        ("chat", "interactive streaming chat"),
+    ):
+        q = sub.add_parser(
+            name, help=helptext, description=helptext[0].upper() + helptext[1:] + "."
+        )
+        q.add_argument(
+            "model", nargs="?", default=None, help="GGUF path, catalog name, or 'counting'"
+        )
+        if name == "run":
+            q.add_argument(
+                "prompt", nargs="?", default="one two", help="the prompt (default: 'one two')"
+            )
+            q.add_argument(
+                "--raw",
+                action="store_true",
+                help="complete the text as is (native /completion) instead of as a chat turn",
+            )
+        q.add_argument("--max-tokens", "-n", type=int, default=None, help="stop after N tokens")
+        q.add_argument("--temperature", type=float, default=None, help="sampling temperature")
+        q.add_argument("--seed", type=int, default=None, help="sampling seed")
+        q.add_argument("--url", default=None, help="use a running server instead of starting one")
+        q.add_argument("--api-key", default=None, help="the running server's key (with --url)")
+        _server_options(q)
+        q.set_defaults(func=_run if name == "run" else _chat)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    server = _make_server(args, host=args.host, port=args.port, api_key=args.api_key)
+    _sigterm_as_interrupt()
+    try:
+        server.start()
+        print(
+            f"llama-server ready at {server.base_url}  (OpenAI API: {server.base_url}/v1)",
+            flush=True,
+        )
+        print(f"  {server.info.summary()}", flush=True)
+        print(f"  log: {server.log_path}   stop with Ctrl-C", flush=True)
+        code = server.wait()
+        print(
+            f"lmserv: llama-server exited with code {code}; last log lines:\n{server.log_tail(10)}",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:
+        print("lmserv: stopping llama-server", file=sys.stderr)
+        return 0
+    finally:
+        server.stop()
+
+
+class _Session:
+    """A client for ``--url``, or a server started for this command (stopped on exit)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.server: LlamaServer | None = None
+        if args.url:
+            self.client = Client(args.url, api_key=args.api_key)
+        else:
+            self.server = _make_server(args).start()
+            self.client = self.server.client()
+
+    def close(self) -> None:
+        self.client.close()
+        if self.server is not None:
+            self.server.stop()
+
+
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    return {"max_tokens": args.max_tokens, "temperature": args.temperature, "seed": args.seed}
+
+
+def _print_stream(chunks: Iterator[str]) -> str:
+    parts = []
+    for chunk in chunks:
+        parts.append(chunk)
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return "".join(parts)
+
+
+def _speed(stream: TextStream[Any]) -> None:
+    result = stream.result
+    if result is not None and result.timings is not None:
+        t = result.timings
+        print(
+            f"[{t.predicted_tokens} tokens, {t.predicted_per_second:.1f} tokens/s; "
+            f"prompt {t.prompt_tokens} tokens, {t.prompt_per_second:.1f} tokens/s]",
+            file=sys.stderr,
+        )
+
+
+def _run(args: argparse.Namespace) -> int:
+    _sigterm_as_interrupt()
+    session = _Session(args)
+    try:
+        if args.raw:
+            stream: TextStream[Any] = session.client.stream(args.prompt, **_sampling(args))
+        else:
+            stream = session.client.chat_stream(args.prompt, **_sampling(args))
+        with stream:
+            _print_stream(iter(stream))
+        _speed(stream)
+        return 0
+    finally:
+        session.close()
+
+
+def _chat(args: argparse.Namespace) -> int:
+    _sigterm_as_interrupt()
+    session = _Session(args)
+    messages: list[dict[str, str]] = []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("chat: type a message; /bye or Ctrl-D to leave", file=sys.stderr)
+    try:
+        while True:
+            try:
+                line = input(">>> " if interactive else "")
+            except EOFError:
+                break
+            if line.strip() in ("/bye", "/exit", "/quit"):
+                break
+            if not line.strip():
+                continue
+            messages.append({"role": "user", "content": line})
+            stream: TextStream[ChatCompletion] = session.client.chat_stream(
+                messages, **_sampling(args)
+            )
+            with stream:
+                answer = _print_stream(iter(stream))
+            messages.append({"role": "assistant", "content": answer})
+            if interactive:
+                _speed(stream)
+        return 0
+    finally:
+        session.close()

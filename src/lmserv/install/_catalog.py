@@ -8,6 +8,7 @@ I/O-free apart from reading that one TOML file, so it is cheap to call from the 
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 import sys
 from collections.abc import Mapping
@@ -32,6 +33,8 @@ __all__ = [
     "parse_spec",
 ]
 
+log = logging.getLogger(__name__)
+
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _REQUIRED = ("url", "sha256", "size", "license", "description")
 _OPTIONAL_STR = ("family", "parameters", "quantization", "kind", "filename")
@@ -48,7 +51,7 @@ class CatalogEntry:
     name: str
     url: str
     sha256: str
-    size: int
+    size: int | None  # None only for a user entry that does not give it
     license: str
     description: str
     aliases: tuple[str, ...] = ()
@@ -109,22 +112,28 @@ def url_filename(url: str) -> str:
 
 
 def _entry_from_mapping(name: str, data: Mapping[str, Any], source: str) -> CatalogEntry:
+    """Validate one entry. Shipped entries need every key; user entries need url and sha256."""
     where = f"catalog entry {name!r} ({source})"
-    missing = [key for key in _REQUIRED if key not in data]
+    required = _REQUIRED if source == "builtin" else ("url", "sha256")
+    missing = [key for key in required if key not in data]
     if missing:
         raise ConfigError(
-            f"{where} lacks {', '.join(missing)}; every entry needs url, sha256, size, "
-            "license and description"
+            f"{where} lacks {', '.join(missing)}; an entry needs at least url and sha256 "
+            "(and may give size, license, description, aliases)"
         )
     sha = str(data["sha256"]).lower()
     if not _SHA256.match(sha):
         raise ConfigError(f"{where}: sha256 {data['sha256']!r} is not 64 hexadecimal digits")
-    size = data["size"]
-    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+    size = data.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
         raise ConfigError(f"{where}: size {size!r} is not a positive whole number of bytes")
     url = str(data["url"])
-    if urlsplit(url).scheme not in ("http", "https"):
-        raise ConfigError(f"{where}: url {url!r} is not an http(s) URL")
+    if url.lower().startswith("hf://"):
+        url = hf_url(url)
+    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+        raise ConfigError(
+            f"{where}: url {url!r} is not an http(s) URL or hf://owner/repo/file.gguf"
+        )
     aliases = data.get("aliases", ())
     if isinstance(aliases, str) or not all(isinstance(a, str) for a in aliases):
         raise ConfigError(f"{where}: aliases must be a list of strings, got {aliases!r}")
@@ -137,8 +146,8 @@ def _entry_from_mapping(name: str, data: Mapping[str, Any], source: str) -> Cata
         url=url,
         sha256=sha,
         size=size,
-        license=str(data["license"]),
-        description=str(data["description"]),
+        license=str(data.get("license", "")),
+        description=str(data.get("description", "")),
         aliases=tuple(aliases),
         context_length=ctx,
         source=source,
@@ -159,8 +168,9 @@ def load_catalog(
 ) -> dict[str, CatalogEntry]:
     """The catalog: shipped entries, then the user's config entries, then ``extra``.
 
-    Later sources override earlier ones by name. Raises :class:`ConfigError` naming the entry
-    when one lacks a key or has a malformed value.
+    Later sources override earlier ones by name. A malformed entry in ``extra`` raises
+    :class:`ConfigError` naming it; a malformed entry in the config file is logged and skipped
+    (asking for that name raises the error), so it cannot break every other model.
     """
     from lmserv import config  # late: config may grow to read files; keep import cheap
 
@@ -175,7 +185,16 @@ def load_catalog(
             if isinstance(data, CatalogEntry):
                 entries[data.name] = data
                 continue
-            entries[name] = _entry_from_mapping(str(data.get("name", name)), data, source)
+            try:
+                entry = _entry_from_mapping(str(data.get("name", name)), data, source)
+            except ConfigError as exc:
+                if source != "user":
+                    raise
+                # One bad line in the config file must not break every other model;
+                # asking for this name shows the error (see lookup).
+                log.warning("%s; the entry is ignored", exc)
+                continue
+            entries[entry.name] = entry
     return entries
 
 
@@ -188,6 +207,7 @@ def lookup(name: str, catalog: Mapping[str, CatalogEntry]) -> CatalogEntry:
     for entry in catalog.values():
         if entry.name.lower() == wanted or wanted in (a.lower() for a in entry.aliases):
             return entry
+    _raise_if_invalid_user_entry(name)
     known = sorted({n for e in catalog.values() for n in (e.name, *e.aliases)})
     close = difflib.get_close_matches(wanted, [k.lower() for k in known], n=4, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}? " if close else ""
@@ -195,6 +215,14 @@ def lookup(name: str, catalog: Mapping[str, CatalogEntry]) -> CatalogEntry:
         f"model {name!r} is not in the catalog; {hint}"
         "run `lmserv list` for every name, or pass a URL or hf://owner/repo/file.gguf"
     )
+
+
+def _raise_if_invalid_user_entry(name: str) -> None:
+    from lmserv import config
+
+    for key, data in config.user_catalog().items():
+        if str(data.get("name", key)).lower() == name.strip().lower():
+            _entry_from_mapping(str(data.get("name", key)), data, "user")  # raises ConfigError
 
 
 def _split_fragment(spec: str) -> tuple[str, str | None]:

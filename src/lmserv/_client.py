@@ -1,0 +1,686 @@
+"""HTTP client for llama-server: :class:`Client` and :class:`AsyncClient` with the same surface.
+
+Request bodies, response parsing, stream decoding and error mapping are I/O-free and live once
+(``_Base``, ``_EventParser``, :func:`error_from_response`); the two clients only do the I/O.
+httpx errors are translated into :mod:`lmserv.errors` at one boundary (:func:`_translate`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+import httpx
+
+from lmserv._types import ChatCompletion, Completion
+from lmserv.errors import (
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    NotFoundError,
+    ServerUnavailable,
+)
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "AsyncClient",
+    "AsyncTextStream",
+    "Client",
+    "TextStream",
+    "error_from_response",
+]
+
+#: Generation can take minutes on a big model; connecting to a local server cannot.
+DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
+_GET_ATTEMPTS = 3  # GETs are idempotent: retried on a refused or dropped connection only
+_STATUS_ERRORS: dict[int, type[APIError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: AuthenticationError,
+    404: NotFoundError,
+    503: ServerUnavailable,
+}
+
+Messages = str | Sequence[Mapping[str, Any]]
+R = TypeVar("R", Completion, ChatCompletion)
+
+
+def error_from_response(status: int, body: object, *, where: str = "") -> APIError:
+    """The one place an HTTP error status and llama-server's body become an exception.
+
+    ``body`` is the decoded JSON (``{"error": {"code", "message", "type"}}``), raw text, or
+    ``None``. The class follows the status (400, 401/403, 404, 503; anything else
+    :class:`APIError`); the message quotes the server's own words.
+
+    >>> e = error_from_response(401, {"error": {"code": 401, "message": "Invalid API Key",
+    ...                                         "type": "authentication_error"}})
+    >>> type(e).__name__, e.status_code, e.error_type
+    ('AuthenticationError', 401, 'authentication_error')
+    """
+    message, error_type = "", None
+    if isinstance(body, Mapping):
+        err = body.get("error", body)
+        if isinstance(err, Mapping):
+            message = str(err.get("message", ""))
+            error_type = str(err["type"]) if err.get("type") else None
+        else:
+            message = str(err)
+    elif isinstance(body, str | bytes):
+        message = body.decode(errors="replace") if isinstance(body, bytes) else body
+    message = message.strip() or "(no message)"
+    cls = _STATUS_ERRORS.get(status, APIError)
+    text = f"llama-server answered {status}{' to ' + where if where else ''}: {message}"
+    if cls is AuthenticationError:
+        text += " (pass the server's key as api_key=..., the key given to `lmserv serve --api-key`)"
+    return cls(text, status_code=status, error_type=error_type, body=body)
+
+
+def _decode_body(content: bytes) -> object:
+    try:
+        return json.loads(content)
+    except ValueError:
+        return content.decode(errors="replace")
+
+
+@contextlib.contextmanager
+def _translate(base_url: str, where: str, timeout: httpx.Timeout) -> Iterator[None]:
+    """Turn httpx's transport errors into :class:`ServerUnavailable` with a next step."""
+    try:
+        yield
+    except httpx.ConnectError as exc:
+        raise ServerUnavailable(
+            f"could not connect to llama-server at {base_url} ({exc}): is the server running? "
+            "start it with `lmserv serve MODEL` or LlamaServer(MODEL).start()"
+        ) from exc
+    except httpx.TimeoutException as exc:
+        raise ServerUnavailable(
+            f"{where} on {base_url} timed out ({type(exc).__name__}, timeouts {timeout}); "
+            "pass a larger timeout= to the client if the model is slow"
+        ) from exc
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+        raise ServerUnavailable(
+            f"the connection to llama-server at {base_url} dropped during {where} ({exc}); "
+            "the server may have crashed or been stopped: check its log (LlamaServer.log_tail())"
+        ) from exc
+
+
+class _EventParser(Generic[R]):
+    """Decodes one stream's server-sent events into text chunks and a final result (no I/O).
+
+    Native ``/completion`` ends with an event whose ``stop`` is true (no ``[DONE]``); the
+    ``/v1`` routes end with ``data: [DONE]``. An error mid-stream arrives as
+    ``data: {"error": ...}``.
+    """
+
+    def __init__(self, chat: bool, where: str) -> None:
+        self.chat = chat
+        self.where = where
+        self.parts: list[str] = []
+        self.last: Mapping[str, Any] | None = None
+        self.done = False
+
+    def feed(self, line: str) -> str | None:
+        """Take one line; return the text it carries, or ``None`` for no text."""
+        if not line.startswith("data:"):
+            return None  # blank separators, comments, "event:" lines
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            self.done = True
+            return None
+        event = json.loads(payload)
+        if not isinstance(event, Mapping):
+            return None
+        if "error" in event:
+            err = event["error"]
+            code = err.get("code") if isinstance(err, Mapping) else None
+            raise error_from_response(
+                int(code) if isinstance(code, int) else 500, event, where=self.where
+            )
+        if self.chat:
+            choices = event.get("choices") or []
+            text = None
+            for choice in choices:
+                delta = choice.get("delta") or {}
+                if delta.get("content"):
+                    text = str(delta["content"])
+                if choice.get("finish_reason"):
+                    self.last = event
+            if not choices and self.last is not None:  # the usage chunk after the finish one
+                extra = {k: event[k] for k in ("usage", "timings") if k in event}
+                self.last = {**self.last, **extra}
+        else:
+            text = str(event.get("content") or "") or None
+            if event.get("stop"):
+                self.last = event
+                self.done = True
+        if text:
+            self.parts.append(text)
+        return text
+
+    def result(self) -> Any:
+        if self.last is None:
+            raise ServerUnavailable(
+                f"the stream of {self.where} ended before its final event; llama-server may "
+                "have been stopped mid-answer: check its log (LlamaServer.log_tail())"
+            )
+        joined = "".join(self.parts)
+        if self.chat:
+            return ChatCompletion.from_json(self.last, text=joined)
+        return Completion.from_json(self.last, text=joined)
+
+
+class TextStream(Generic[R]):
+    """Text chunks of a streamed answer, as they arrive; ``result`` once it is consumed.
+
+    Iterate it (once); ``"".join(chunks)`` equals ``result.text``. Use it as a context manager
+    or call :meth:`close` to stop early and free the connection. A dropped connection raises
+    :class:`~lmserv.errors.ServerUnavailable`; an error event raises the matching
+    :class:`~lmserv.errors.APIError`.
+    """
+
+    def __init__(
+        self,
+        response: httpx.Response,
+        parser: _EventParser[R],
+        base_url: str,
+        timeout: httpx.Timeout,
+    ) -> None:
+        self._response = response
+        self._parser: _EventParser[R] = parser
+        self._base_url = base_url
+        self._timeout = timeout
+        self.result: R | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            with _translate(self._base_url, self._parser.where, self._timeout):
+                for line in self._response.iter_lines():
+                    text = self._parser.feed(line)
+                    if text:
+                        yield text
+                    if self._parser.done:
+                        break
+            self.result = self._parser.result()
+        finally:
+            self._response.close()
+
+    def close(self) -> None:
+        self._response.close()
+
+    def __enter__(self) -> TextStream[R]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncTextStream(Generic[R]):
+    """The async twin of :class:`TextStream`: ``async for chunk in stream``; ``aclose()``."""
+
+    def __init__(
+        self,
+        response: httpx.Response,
+        parser: _EventParser[R],
+        base_url: str,
+        timeout: httpx.Timeout,
+    ) -> None:
+        self._response = response
+        self._parser: _EventParser[R] = parser
+        self._base_url = base_url
+        self._timeout = timeout
+        self.result: R | None = None
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        try:
+            with _translate(self._base_url, self._parser.where, self._timeout):
+                async for line in self._response.aiter_lines():
+                    text = self._parser.feed(line)
+                    if text:
+                        yield text
+                    if self._parser.done:
+                        break
+            self.result = self._parser.result()
+        finally:
+            await self._response.aclose()
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+    async def __aenter__(self) -> AsyncTextStream[R]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _metrics(text: str) -> dict[str, float]:
+    """Prometheus text to ``{name: value}``.
+
+    >>> _metrics("# HELP x\\nllamacpp:tokens_predicted_total 9\\n")
+    {'llamacpp:tokens_predicted_total': 9.0}
+    """
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                values[name.strip()] = float(value)
+    return values
+
+
+class _Base:
+    """What both clients share: URL, headers, timeouts, request bodies, response parsing."""
+
+    def __init__(
+        self, base_url: str, *, api_key: str | None, timeout: float | httpx.Timeout
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        if self.base_url.endswith("/v1"):  # people paste the OpenAI-style URL
+            self.base_url = self.base_url[:-3]
+        self.api_key = api_key
+        self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base_url!r})"
+
+    @staticmethod
+    def _sampling(
+        max_tokens: int | None,
+        temperature: float | None,
+        top_k: int | None,
+        top_p: float | None,
+        seed: int | None,
+        stop: str | Sequence[str] | None,
+        options: Mapping[str, Any],
+        *,
+        chat: bool,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if max_tokens is not None:
+            body["max_tokens" if chat else "n_predict"] = max_tokens
+        for key, value in (
+            ("temperature", temperature),
+            ("top_k", top_k),
+            ("top_p", top_p),
+            ("seed", seed),
+        ):
+            if value is not None:
+                body[key] = value
+        if stop is not None:
+            body["stop"] = [stop] if isinstance(stop, str) else list(stop)
+        body.update(options)
+        return body
+
+    @staticmethod
+    def _messages(messages: Messages) -> list[Mapping[str, Any]]:
+        if isinstance(messages, str):
+            return [{"role": "user", "content": messages}]
+        return list(messages)
+
+    @staticmethod
+    def _checked(response: httpx.Response, where: str) -> httpx.Response:
+        if response.status_code >= 400:
+            raise error_from_response(
+                response.status_code, _decode_body(response.content), where=where
+            )
+        return response
+
+    @staticmethod
+    def _embeddings(data: Mapping[str, Any]) -> list[list[float]]:
+        rows = sorted(data.get("data", []), key=lambda row: int(row.get("index", 0)))
+        return [[float(x) for x in row["embedding"]] for row in rows]
+
+
+class Client(_Base):
+    """Synchronous client for one llama-server; one pooled connection set per client.
+
+    >>> with Client("http://127.0.0.1:8080") as client:        # doctest: +SKIP
+    ...     print(client.complete("one two", temperature=0).text)
+
+    Every method raises :class:`~lmserv.errors.APIError` subclasses: the status's class with
+    the server's message, or :class:`~lmserv.errors.ServerUnavailable` when the server is not
+    reachable, still loading, or drops the connection. Sampling arguments left ``None`` take
+    llama-server's defaults; ``**options`` go into the request body unchanged.
+    """
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8080",
+        *,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(base_url, api_key=api_key, timeout=timeout)
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=self._headers, timeout=self.timeout
+        )
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _get(self, path: str) -> httpx.Response:
+        where = f"GET {path}"
+        for attempt in range(_GET_ATTEMPTS):
+            try:
+                with _translate(self.base_url, where, self.timeout):
+                    return self._checked(self._http.get(path), where)
+            except ServerUnavailable as exc:
+                if (
+                    attempt == _GET_ATTEMPTS - 1
+                    or isinstance(exc.__cause__, httpx.TimeoutException)
+                    or exc.status_code
+                ):
+                    raise
+                time.sleep(0.1 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _post(self, path: str, body: Mapping[str, Any]) -> Any:
+        where = f"POST {path}"
+        with _translate(self.base_url, where, self.timeout):
+            return self._checked(self._http.post(path, json=body), where).json()
+
+    def _open_stream(
+        self, path: str, body: Mapping[str, Any], parser: _EventParser[R]
+    ) -> TextStream[R]:
+        where = f"POST {path}"
+        with _translate(self.base_url, where, self.timeout):
+            request = self._http.build_request("POST", path, json=body)
+            response = self._http.send(request, stream=True)
+            if response.status_code >= 400:
+                response.read()
+                response.close()
+                self._checked(response, where)
+        return TextStream(response, parser, self.base_url, self.timeout)
+
+    # -- endpoints ------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """``GET /health``: ``{"status": "ok"}``; raises ``ServerUnavailable`` while loading."""
+        return dict(self._get("/health").json())
+
+    def props(self) -> dict[str, Any]:
+        """``GET /props``: the server's settings (``total_slots``, ``model_path``, ...)."""
+        return dict(self._get("/props").json())
+
+    def models(self) -> list[dict[str, Any]]:
+        """``GET /v1/models``: the loaded model(s), OpenAI style."""
+        return list(self._get("/v1/models").json().get("data", []))
+
+    def metrics(self) -> dict[str, float]:
+        """``GET /metrics`` parsed to ``{name: value}`` (the server needs ``--metrics``)."""
+        return _metrics(self._get("/metrics").text)
+
+    def complete(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        **options: Any,
+    ) -> Completion:
+        """Complete ``prompt`` on native ``POST /completion``."""
+        body = self._sampling(
+            max_tokens, temperature, top_k, top_p, seed, stop, options, chat=False
+        )
+        return Completion.from_json(self._post("/completion", {"prompt": prompt, **body}))
+
+    def stream(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        **options: Any,
+    ) -> TextStream[Completion]:
+        """Like :meth:`complete`, yielding text chunks as they arrive (``.result`` at the end)."""
+        body = self._sampling(
+            max_tokens, temperature, top_k, top_p, seed, stop, options, chat=False
+        )
+        body = {"prompt": prompt, **body, "stream": True}
+        return self._open_stream(
+            "/completion", body, _EventParser[Completion](False, "POST /completion")
+        )
+
+    def chat(
+        self,
+        messages: Messages,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        **options: Any,
+    ) -> ChatCompletion:
+        """Answer a conversation on ``POST /v1/chat/completions`` (a ``str`` is one user turn)."""
+        body = self._sampling(max_tokens, temperature, top_k, top_p, seed, stop, options, chat=True)
+        data = self._post("/v1/chat/completions", {"messages": self._messages(messages), **body})
+        return ChatCompletion.from_json(data)
+
+    def chat_stream(
+        self,
+        messages: Messages,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        **options: Any,
+    ) -> TextStream[ChatCompletion]:
+        """Like :meth:`chat`, yielding text chunks as they arrive (``.result`` at the end)."""
+        body = self._sampling(max_tokens, temperature, top_k, top_p, seed, stop, options, chat=True)
+        body = {"messages": self._messages(messages), **body, "stream": True}
+        body.setdefault("stream_options", {"include_usage": True})
+        parser = _EventParser[ChatCompletion](True, "POST /v1/chat/completions")
+        return self._open_stream("/v1/chat/completions", body, parser)
+
+    def embed(self, texts: str | Sequence[str]) -> list[list[float]]:
+        """One embedding per text, on ``POST /v1/embeddings``.
+
+        The server must run with ``--embeddings`` and a pooling type (``--pooling mean``
+        for models without one); otherwise this raises the server's error.
+        """
+        items = [texts] if isinstance(texts, str) else list(texts)
+        return self._embeddings(self._post("/v1/embeddings", {"input": items}))
+
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        """Token ids of ``text`` (``add_special`` also adds BOS as a prompt would)."""
+        data = self._post("/tokenize", {"content": text, "add_special": add_special})
+        return [int(t) for t in data["tokens"]]
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """The text of token ``ids``."""
+        return str(self._post("/detokenize", {"tokens": list(ids)})["content"])
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient(_Base):
+    """The asyncio twin of :class:`Client`: same methods, awaited; ``aclose()``.
+
+    ``await client.stream(...)`` returns an :class:`AsyncTextStream` (errors in the request
+    raise at the ``await``); iterate it with ``async for``.
+    """
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8080",
+        *,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(base_url, api_key=api_key, timeout=timeout)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=self._headers, timeout=self.timeout
+        )
+
+    async def _get(self, path: str) -> httpx.Response:
+        where = f"GET {path}"
+        for attempt in range(_GET_ATTEMPTS):
+            try:
+                with _translate(self.base_url, where, self.timeout):
+                    return self._checked(await self._http.get(path), where)
+            except ServerUnavailable as exc:
+                if (
+                    attempt == _GET_ATTEMPTS - 1
+                    or isinstance(exc.__cause__, httpx.TimeoutException)
+                    or exc.status_code
+                ):
+                    raise
+                await asyncio.sleep(0.1 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def _post(self, path: str, body: Mapping[str, Any]) -> Any:
+        where = f"POST {path}"
+        with _translate(self.base_url, where, self.timeout):
+            return self._checked(await self._http.post(path, json=body), where).json()
+
+    async def _open_stream(
+        self, path: str, body: Mapping[str, Any], parser: _EventParser[R]
+    ) -> AsyncTextStream[R]:
+        where = f"POST {path}"
+        with _translate(self.base_url, where, self.timeout):
+            request = self._http.build_request("POST", path, json=body)
+            response = await self._http.send(request, stream=True)
+            if response.status_code >= 400:
+                await response.aread()
+                await response.aclose()
+                self._checked(response, where)
+        return AsyncTextStream(response, parser, self.base_url, self.timeout)
+
+    async def health(self) -> dict[str, Any]:
+        """See :meth:`Client.health`."""
+        return dict((await self._get("/health")).json())
+
+    async def props(self) -> dict[str, Any]:
+        """See :meth:`Client.props`."""
+        return dict((await self._get("/props")).json())
+
+    async def models(self) -> list[dict[str, Any]]:
+        """See :meth:`Client.models`."""
+        return list((await self._get("/v1/models")).json().get("data", []))
+
+    async def metrics(self) -> dict[str, float]:
+        """See :meth:`Client.metrics`."""
+        return _metrics((await self._get("/metrics")).text)
+
+    async def complete(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        **options: Any,
+    ) -> Completion:
+        """See :meth:`Client.complete`."""
+        body = self._sampling(
+            max_tokens, temperature, top_k, top_p, seed, stop, options, chat=False
+        )
+        return Completion.from_json(await self._post("/completion", {"prompt": prompt, **body}))
+
+    async def stream(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        **options: Any,
+    ) -> AsyncTextStream[Completion]:
+        """See :meth:`Client.stream`."""
+        body = self._sampling(
+            max_tokens, temperature, top_k, top_p, seed, stop, options, chat=False
+        )
+        body = {"prompt": prompt, **body, "stream": True}
+        parser = _EventParser[Completion](False, "POST /completion")
+        return await self._open_stream("/completion", body, parser)
+
+    async def chat(
+        self,
+        messages: Messages,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        **options: Any,
+    ) -> ChatCompletion:
+        """See :meth:`Client.chat`."""
+        body = self._sampling(max_tokens, temperature, top_k, top_p, seed, stop, options, chat=True)
+        data = await self._post(
+            "/v1/chat/completions", {"messages": self._messages(messages), **body}
+        )
+        return ChatCompletion.from_json(data)
+
+    async def chat_stream(
+        self,
+        messages: Messages,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        **options: Any,
+    ) -> AsyncTextStream[ChatCompletion]:
+        """See :meth:`Client.chat_stream`."""
+        body = self._sampling(max_tokens, temperature, top_k, top_p, seed, stop, options, chat=True)
+        body = {"messages": self._messages(messages), **body, "stream": True}
+        body.setdefault("stream_options", {"include_usage": True})
+        parser = _EventParser[ChatCompletion](True, "POST /v1/chat/completions")
+        return await self._open_stream("/v1/chat/completions", body, parser)
+
+    async def embed(self, texts: str | Sequence[str]) -> list[list[float]]:
+        """See :meth:`Client.embed`."""
+        items = [texts] if isinstance(texts, str) else list(texts)
+        return self._embeddings(await self._post("/v1/embeddings", {"input": items}))
+
+    async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        """See :meth:`Client.tokenize`."""
+        data = await self._post("/tokenize", {"content": text, "add_special": add_special})
+        return [int(t) for t in data["tokens"]]
+
+    async def detokenize(self, ids: Sequence[int]) -> str:
+        """See :meth:`Client.detokenize`."""
+        return str((await self._post("/detokenize", {"tokens": list(ids)}))["content"])
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,519 @@
+"""Run and supervise one ``llama-server`` process.
+
+:class:`LlamaServer` starts the real binary with an argument list (never a shell), waits until
+it answers ``/health`` with 200, and stops it with SIGTERM, then SIGKILL after a grace period.
+The process cannot outlive Python: on Linux it gets a parent-death signal, elsewhere an
+``atexit`` handler stops it. Its log (stdout and stderr) goes to a file; :meth:`log_tail`
+returns recent lines and :attr:`LlamaServer.info` what the server actually did (layers
+offloaded to which device, context size, slots, build).
+
+Facts about llama-server this relies on (pinned commit, ``tools/server``): with ``--port 0``
+it binds a free port and logs ``listening on http://HOST:PORT``; every path answers 503 until
+the model is loaded; a bad model path exits with code 1 after ``failed to open GGUF file``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import ipaddress
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import httpx
+
+from lmserv import config
+from lmserv._bootstrap.finder import find_binary
+from lmserv._client import Client
+from lmserv.errors import BinaryNotFound, ServerError, ServerStartError, ServerTimeout
+
+__all__ = ["LlamaServer", "ServerInfo"]
+
+log = logging.getLogger(__name__)
+
+_LISTENING = re.compile(r"listening on (https?://\S+)")
+_BUILD = re.compile(r"build[: ]+(\d+) \(([0-9a-f]+)\)")
+_DEVICE = re.compile(r"common_param:\s+- (\S+)\s+: (.+?) \(")
+_BUFFER = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
+_OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+_LOG_KEEP = 20  # old log files kept in the logs folder
+_LOG_MAX_BYTES = 64 * 1024 * 1024  # a running server's log rotates to .1 past this size
+_TAIL_LINES = 400
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What a started llama-server reports about itself (from its log and ``/props``).
+
+    ``devices`` are the backends llama.cpp found (``CPU``, ``CUDA0``, ...);
+    ``weights_on`` the buffers the model weights went to (``CPU_Mapped``, ``CUDA0``, ...).
+    ``gpu_unused`` is true when a GPU was found but no weights are on it, the classic
+    "GPU detected but not used" (a CPU-only build, ``n_gpu_layers=0``, or too little memory).
+    """
+
+    base_url: str
+    pid: int
+    model_path: str
+    build: str
+    n_ctx: int
+    slots: int
+    devices: tuple[str, ...]
+    weights_on: tuple[str, ...]
+    gpu_layers: int | None
+    total_layers: int | None
+
+    @property
+    def gpu_unused(self) -> bool:
+        has_gpu = any(not d.upper().startswith("CPU") for d in self.devices)
+        on_gpu = any(not b.upper().startswith("CPU") for b in self.weights_on)
+        return has_gpu and not on_gpu
+
+    def summary(self) -> str:
+        """One line for people, e.g. ``ctx 2048, 4 slots, weights on CPU_Mapped, build 0c1e570``."""
+        text = (
+            f"ctx {self.n_ctx}, {self.slots} slots, weights on {', '.join(self.weights_on) or '?'}"
+        )
+        if self.gpu_layers is not None and any(
+            not b.upper().startswith("CPU") for b in self.weights_on
+        ):
+            text += f" ({self.gpu_layers}/{self.total_layers} layers on GPU)"
+        if self.gpu_unused:
+            text += f"; WARNING: GPU found ({', '.join(self.devices)}) but not used"
+        return text + f", build {self.build or '?'}"
+
+
+def _parse_info(
+    lines: Sequence[str], base_url: str, pid: int, props: dict[str, object]
+) -> ServerInfo:
+    build, devices, buffers = "", [], []
+    gpu_layers = total_layers = None
+    for line in lines:
+        if (m := _BUILD.search(line)) and not build:
+            build = m.group(2)
+        elif m := _DEVICE.search(line):
+            devices.append(m.group(1))
+        elif m := _BUFFER.search(line):
+            buffers.append(m.group(1))
+        elif m := _OFFLOADED.search(line):
+            gpu_layers, total_layers = int(m.group(1)), int(m.group(2))
+    settings = props.get("default_generation_settings")
+    n_ctx = settings.get("n_ctx", 0) if isinstance(settings, dict) else 0
+    slots = props.get("total_slots", 0)
+    return ServerInfo(
+        base_url=base_url,
+        pid=pid,
+        model_path=str(props.get("model_path", "")),
+        build=build,
+        n_ctx=int(n_ctx) if isinstance(n_ctx, int) else 0,
+        slots=int(slots) if isinstance(slots, int) else 0,
+        devices=tuple(devices),
+        weights_on=tuple(dict.fromkeys(buffers)),
+        gpu_layers=gpu_layers,
+        total_layers=total_layers,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "") or host.endswith(".sock"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _parent_death_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child die with its parent (Linux only), else ``None``.
+
+    libc and the parent's pid are looked up before ``fork`` so the hook itself only calls
+    ``prctl``; the ``getppid`` check covers a parent that died before ``prctl`` ran.
+    """
+    if (
+        not sys.platform.startswith("linux")
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        # PR_SET_PDEATHSIG fires when the *thread* that forked exits; from a worker thread
+        # that would kill the server with the thread, so rely on atexit there instead.
+        return None
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return hook
+
+
+class LlamaServer:
+    """One supervised ``llama-server`` serving ``model``.
+
+    >>> with LlamaServer("model.gguf") as server:          # doctest: +SKIP
+    ...     print(server.client().complete("Hello", max_tokens=8).text)
+
+    Arguments map to llama-server's flags; ``None`` leaves llama-server's own default:
+    ``ctx_size`` (``-c``; default from the model), ``n_gpu_layers`` (``-ngl``; ``"auto"``
+    lets llama.cpp fit as many layers as memory allows, ``"all"`` or a number), ``parallel``
+    (``-np``; default 4 slots sharing one KV cache), ``api_key``, ``rpc`` (``host:port``
+    workers). ``extra_args`` are appended verbatim (e.g. ``("--embeddings", "--pooling",
+    "mean")``). ``port=None`` lets the OS pick a free port (``--port 0``), so two servers never
+    race for one. ``binary`` defaults to the finder's ``llama-server``.
+
+    Raises :class:`~lmserv.errors.BinaryNotFound` (no binary), :class:`ServerStartError`
+    (the process exited: exit code and its last log lines attached), or :class:`ServerTimeout`.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        ctx_size: int | None = None,
+        n_gpu_layers: int | str = "auto",
+        parallel: int | None = None,
+        api_key: str | None = None,
+        rpc: Sequence[str] | None = None,
+        extra_args: Sequence[str] = (),
+        binary: str | os.PathLike[str] | None = None,
+        metrics: bool = True,
+        log_path: str | os.PathLike[str] | None = None,
+        start_timeout: float = 600.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.model = Path(model)
+        self.host = host
+        self.port = port
+        self.ctx_size = ctx_size
+        self.n_gpu_layers = n_gpu_layers
+        self.parallel = parallel
+        self.api_key = api_key
+        self.rpc = tuple(rpc or ())
+        self.extra_args = tuple(str(a) for a in extra_args)
+        self.binary = Path(binary) if binary is not None else None
+        self.metrics = metrics
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self._log_path_arg = Path(log_path) if log_path is not None else None
+        self.log_path: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+        self._startup: list[str] = []
+        self._url_found = threading.Event()
+        self._url: str | None = None
+        self._info: ServerInfo | None = None
+        self._lock = threading.Lock()
+
+    # -- arguments ------------------------------------------------------------------------
+    def args(self) -> list[str]:
+        """The command line that :meth:`start` runs (binary resolved)."""
+        binary = self.binary or find_binary("llama-server")
+        if not binary.is_file():
+            raise BinaryNotFound(
+                f"llama-server binary {str(binary)!r} (given as binary=) does not exist; "
+                "omit binary= to use the one `lmserv build` made",
+                name="llama-server",
+                searched=(str(binary),),
+            )
+        argv = [str(binary), "-m", str(self.model), "--host", self.host]
+        argv += ["--port", str(self.port if self.port is not None else 0)]
+        if self.ctx_size is not None:
+            argv += ["-c", str(self.ctx_size)]
+        if self.n_gpu_layers != "auto":
+            argv += ["-ngl", str(self.n_gpu_layers)]
+        if self.parallel is not None:
+            argv += ["-np", str(self.parallel)]
+        if self.rpc:
+            argv += ["--rpc", ",".join(self.rpc)]
+        if self.metrics:
+            argv += ["--metrics"]
+        # Level 4 adds libllama's load report (devices, buffers, offloaded layers) for `info`;
+        # later flags win, so extra_args may lower it.
+        argv += ["-lv", "4"]
+        argv += list(self.extra_args)
+        return argv
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.api_key:
+            env["LLAMA_API_KEY"] = self.api_key  # not on the command line, where `ps` shows it
+        return env
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT`` of the running server; raises :class:`ServerError` before start."""
+        if self._url is None:
+            raise ServerError("LlamaServer has no URL yet: call start() (or use `with`) first")
+        return self._url
+
+    @property
+    def info(self) -> ServerInfo:
+        """What the started server did (see :class:`ServerInfo`); after :meth:`start`."""
+        if self._info is None:
+            raise ServerError("LlamaServer.info is known after start(): call start() first")
+        return self._info
+
+    def client(self, **kwargs: object) -> Client:
+        """A :class:`~lmserv.client.Client` bound to this server (and its api key)."""
+        return Client(self.base_url, api_key=self.api_key, **kwargs)  # type: ignore[arg-type]
+
+    def start(self) -> LlamaServer:
+        """Start llama-server and wait until ``/health`` answers 200; return ``self``.
+
+        Fails fast with :class:`ServerStartError` if the process exits while loading, and with
+        :class:`ServerTimeout` after ``start_timeout`` seconds; either way nothing is left running.
+        """
+        with self._lock:
+            if self.running:
+                return self
+            if not _is_loopback(self.host) and not self.api_key:
+                log.warning(
+                    "llama-server will listen on %s without an API key: anyone who can reach "
+                    "this host can use it; pass api_key=... (or `--api-key`)",
+                    self.host,
+                )
+            argv = self.args()
+            self._launch(argv)
+            try:
+                self._wait_ready()
+            except BaseException:
+                self._terminate()
+                raise
+        return self
+
+    def _open_log(self, pid: int) -> IO[bytes]:
+        if self._log_path_arg is not None:
+            path = self._log_path_arg
+        else:
+            folder = config.cache_dir() / "logs"
+            folder.mkdir(parents=True, exist_ok=True)
+            old = sorted(folder.glob("llama-server-*.log*"), key=lambda p: p.stat().st_mtime)
+            for stale in old[: max(0, len(old) - _LOG_KEEP)]:
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+            path = folder / f"llama-server-{time.strftime('%Y%m%d-%H%M%S')}-{pid}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path = path
+        return path.open("wb")
+
+    def _launch(self, argv: list[str]) -> None:
+        self._tail.clear()
+        self._startup = []
+        self._url_found.clear()
+        self._url = None
+        self._info = None
+        log.info("starting %s", " ".join(argv))
+        kwargs: dict[str, object] = {}
+        if sys.platform == "win32":
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+        else:
+            kwargs["start_new_session"] = True  # Ctrl-C in a terminal reaches us, not it
+            hook = _parent_death_hook()
+            if hook is not None:
+                kwargs["preexec_fn"] = hook
+        self._proc = subprocess.Popen(  # an argument list, never a shell
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=self._env(),
+            **kwargs,  # type: ignore[call-overload]
+        )
+        out = self._open_log(self._proc.pid)
+        self._reader = threading.Thread(
+            target=self._pump,
+            args=(self._proc, out),
+            name=f"llama-server-{self._proc.pid}-log",
+            daemon=True,
+        )
+        self._reader.start()
+        atexit.register(self._terminate)
+
+    def _pump(self, proc: subprocess.Popen[bytes], out: IO[bytes]) -> None:
+        """Copy the process output to the log file and the tail; spot the listening line."""
+        assert proc.stdout is not None
+        written = 0
+        try:
+            for raw in iter(proc.stdout.readline, b""):
+                out.write(raw)
+                out.flush()
+                written += len(raw)
+                line = raw.decode(errors="replace").rstrip("\n")
+                self._tail.append(line)
+                if not self._url_found.is_set():
+                    self._startup.append(line)
+                    if m := _LISTENING.search(line):
+                        self._url = m.group(1).rstrip("/")
+                        self._url_found.set()
+                if written > _LOG_MAX_BYTES and self.log_path is not None:
+                    out.close()
+                    self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
+                    out = self.log_path.open("wb")
+                    written = 0
+        finally:
+            out.close()
+
+    def _start_error(self, returncode: int) -> ServerStartError:
+        if self._reader is not None:
+            self._reader.join(timeout=5)  # the last lines carry the reason
+        tail = self.log_tail(15)
+        errors = [line for line in tail.splitlines() if " E " in line or "error" in line.lower()]
+        reason = errors[0].strip() if errors else "(no error line in its log)"
+        how = f"exited with code {returncode}"
+        if returncode < 0:
+            try:
+                name = signal.Signals(-returncode).name
+            except ValueError:
+                name = f"signal {-returncode}"
+            how = f"was killed by {name}"
+            if name == "SIGILL":
+                reason = (
+                    "illegal instruction: this llama.cpp build uses CPU instructions the "
+                    "machine does not run (rebuild without GGML_NATIVE, or try another quant)"
+                )
+        return ServerStartError(
+            f"llama-server {how} while starting with model "
+            f"{str(self.model)!r}: {reason}\nlast log lines ({self.log_path}):\n{tail}",
+            returncode=returncode,
+            log_tail=tail,
+        )
+
+    def _wait_ready(self) -> None:
+        proc = self._proc
+        assert proc is not None
+        deadline = time.monotonic() + self.start_timeout
+        # 1) the listening line (with --port 0 it carries the real port)
+        while not self._url_found.wait(0.01):
+            if (code := proc.poll()) is not None:
+                raise self._start_error(code)
+            if time.monotonic() > deadline:
+                raise ServerTimeout(
+                    f"llama-server (pid {proc.pid}) did not log 'listening on ...' within "
+                    f"{self.start_timeout:.0f}s while loading {str(self.model)!r}; last log lines:\n"
+                    f"{self.log_tail(20)}\npass a larger start_timeout= for big models"
+                )
+        # 2) /health 200 (503 means the model is still loading)
+        with httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(5.0)) as http:
+            status: object = None
+            while True:
+                if (code := proc.poll()) is not None:
+                    raise self._start_error(code)
+                try:
+                    response = http.get("/health")
+                    status = response.status_code
+                    if status == 200:
+                        props = http.get("/props", headers=self._auth()).json()
+                        break
+                except httpx.TransportError as exc:
+                    status = type(exc).__name__
+                if time.monotonic() > deadline:
+                    raise ServerTimeout(
+                        f"llama-server at {self.base_url} did not answer /health with 200 within "
+                        f"{self.start_timeout:.0f}s (last answer: {status}); last log lines:\n"
+                        f"{self.log_tail(20)}"
+                    )
+                time.sleep(0.01)
+        self._info = _parse_info(
+            self._startup, self.base_url, proc.pid, props if isinstance(props, dict) else {}
+        )
+        log.info("llama-server ready at %s: %s", self.base_url, self._info.summary())
+        if self._info.gpu_unused:
+            log.warning(
+                "llama-server found a GPU (%s) but put no model weights on it: is this a CPU "
+                "build, or n_gpu_layers=0? see LlamaServer.log_path=%s",
+                ", ".join(self._info.devices),
+                self.log_path,
+            )
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def stop(self) -> int | None:
+        """Stop the server (SIGTERM, then SIGKILL after ``stop_timeout``); return its exit code.
+
+        Safe to call twice and on a server that was never started (returns ``None``).
+        """
+        with self._lock:
+            return self._terminate()
+
+    def _terminate(self) -> int | None:
+        proc = self._proc
+        if proc is None:
+            return None
+        with contextlib.suppress(Exception):
+            atexit.unregister(self._terminate)
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "llama-server (pid %d) ignored SIGTERM for %.0fs; killing it",
+                    proc.pid,
+                    self.stop_timeout,
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        self._url = None
+        return proc.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the process exits (e.g. ``lmserv serve`` in the foreground)."""
+        if self._proc is None:
+            raise ServerError("LlamaServer.wait(): the server was never started")
+        return self._proc.wait(timeout)
+
+    def log_tail(self, lines: int = 50) -> str:
+        """The last ``lines`` lines llama-server wrote (the full log is at :attr:`log_path`)."""
+        return "\n".join(list(self._tail)[-lines:])
+
+    def __enter__(self) -> LlamaServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = f"running at {self._url}" if self.running and self._url else "stopped"
+        return f"LlamaServer({str(self.model)!r}, {state})"

@@ -1,0 +1,111 @@
+"""``lmserv serve/run/chat`` and ``python -m lmserv.demo`` as real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmserv import Client, ServerUnavailable
+from lmserv.install import LlamaBuild
+from lmserv.testing import COUNTING_CONTINUATION
+
+SRC = Path(__file__).parents[1] / "src"
+
+
+@pytest.fixture
+def env(llama_build: LlamaBuild, tmp_path: Path) -> dict[str, str]:
+    """The fixture's build on LLAMA_BIN_DIR; lmserv's data folder in ``tmp_path``."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(SRC),
+        "LMSERV_PATHS_DATA": str(tmp_path / "data"),
+        "LMSERV_PATHS_CACHE": str(tmp_path / "cache"),
+        "LLAMA_ARG_THREADS": "1",  # llama-server reads its flags from the environment too
+    }
+
+
+def lmserv(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lmserv", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_run_streams_the_answer_and_reports_speed(env: dict[str, str], tmp_path: Path) -> None:
+    out = lmserv(env, "run", "counting", "one two")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == COUNTING_CONTINUATION + "\n"
+    assert re.search(r"9 tokens, [\d.]+ tokens/s", out.stderr)
+    assert (tmp_path / "data" / "models" / "counting.gguf").is_file()
+
+
+def test_run_raw_with_a_model_path(env: dict[str, str], tmp_path: Path) -> None:
+    lmserv(env, "run")  # writes the default model
+    model = tmp_path / "data" / "models" / "counting.gguf"
+    out = lmserv(env, "run", str(model), "six", "--raw", "--max-tokens", "2")
+    assert (out.returncode, out.stdout) == (0, " seven eight\n"), out.stderr
+
+
+def test_run_unknown_model_is_a_clean_error(env: dict[str, str], tmp_path: Path) -> None:
+    out = lmserv(env, "run", str(tmp_path / "nope.gguf"), "hi")
+    assert out.returncode == 1
+    assert "nope.gguf" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_chat_keeps_the_conversation(env: dict[str, str]) -> None:
+    out = lmserv(env, "chat", "counting", "--temperature", "0", stdin="one two\nfive\n")
+    assert out.returncode == 0, out.stderr
+    # The counting model's template joins all turns; the second ends in "five".
+    assert out.stdout.splitlines() == [COUNTING_CONTINUATION, " six seven eight nine ten"]
+
+
+def test_serve_prints_url_and_stops_on_ctrl_c(env: dict[str, str]) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmserv", "serve", "counting"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        found = re.search(r"ready at (http://127\.0\.0\.1:\d+)", first)
+        assert found, first + proc.stderr.read() if proc.stderr else first
+        with Client(found.group(1)) as client:
+            assert client.complete("one two", temperature=0).text == COUNTING_CONTINUATION
+            assert client.props()["total_slots"] == 4  # llama-server's own default
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        with (
+            Client(found.group(1), timeout=2.0) as client,
+            pytest.raises(ServerUnavailable, match="running"),
+        ):
+            client.health()  # gone: the CLI stopped it
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_demo_runs_end_to_end(env: dict[str, str]) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "lmserv.demo"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "answer:  three four five six seven eight nine ten\n" in out.stdout
+    assert "tokens/s" in out.stdout

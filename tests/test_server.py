@@ -1,0 +1,172 @@
+"""LlamaServer's life cycle with the real llama-server: start, fail, stop, die, never leak."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lmserv import (
+    BinaryNotFound,
+    LlamaServer,
+    ServerError,
+    ServerStartError,
+    ServerTimeout,
+    ServerUnavailable,
+)
+from lmserv.install import LlamaBuild
+from lmserv.testing import COUNTING_CONTINUATION, write_counting_model, write_synthetic_model
+
+THREADS = ("-t", "1")
+
+
+def llama_server_pids(fragment: str) -> list[int]:
+    """Pids of live llama-server processes whose command line mentions ``fragment``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (entry / "stat").read_text().split(") ", 1)[1][:1]
+            except OSError:
+                continue
+            if "llama-server" in cmd and fragment in cmd and state != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
+def wait_gone(pid: int, seconds: float = 15.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if pid not in llama_server_pids(""):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    folder = tmp_path_factory.mktemp("server-models")
+    yield folder
+    assert llama_server_pids(str(folder)) == [], "a llama-server outlived the test module"
+
+
+@pytest.fixture(scope="module")
+def model(model_dir: Path) -> Path:
+    return write_counting_model(model_dir / "counting.gguf")
+
+
+def test_start_stop_and_log(llama_build: LlamaBuild, model: Path, tmp_path: Path) -> None:
+    server = LlamaServer(model, log_path=tmp_path / "server.log", extra_args=THREADS)
+    with pytest.raises(ServerError, match="start"):
+        _ = server.base_url
+    with server:
+        assert server.running and server.pid is not None
+        pid = server.pid
+        assert server.base_url.startswith("http://127.0.0.1:")
+        assert not server.base_url.endswith(":0")  # the real port, read from the log
+        with server.client() as client:
+            assert client.complete("one two", temperature=0).text == COUNTING_CONTINUATION
+        assert "listening on" in server.log_tail()
+    assert not server.running
+    assert pid not in llama_server_pids(str(model))
+    assert server.stop() == 0  # second stop: same exit code, nothing to do
+    assert "listening on" in (tmp_path / "server.log").read_text()
+
+
+def test_explicit_port(llama_build: LlamaBuild, model: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with LlamaServer(model, port=port, extra_args=THREADS) as server:
+        assert server.base_url == f"http://127.0.0.1:{port}"
+
+
+def test_port_in_use_fails_fast_with_llama_servers_words(
+    llama_build: LlamaBuild, model: Path
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        server = LlamaServer(model, port=port, start_timeout=600, extra_args=THREADS)
+        with pytest.raises(ServerStartError) as err:
+            server.start()
+    assert err.value.returncode not in (None, 0)
+    assert str(port) in err.value.log_tail
+    assert not server.running
+
+
+def test_bad_model_path_fails_fast(llama_build: LlamaBuild, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model.gguf"
+    server = LlamaServer(missing, start_timeout=600)  # must not wait for the timeout
+    with pytest.raises(ServerStartError) as err:
+        server.start()
+    assert err.value.returncode == 1
+    assert "failed to open GGUF file" in str(err.value)
+    assert str(missing) in str(err.value)
+    assert "failed to open GGUF file" in err.value.log_tail
+    assert llama_server_pids(str(missing)) == []
+
+
+def test_timeout_says_what_it_waited_for(llama_build: LlamaBuild, model: Path) -> None:
+    server = LlamaServer(model, start_timeout=0.0, extra_args=THREADS)
+    with pytest.raises(ServerTimeout, match="listening on") as err:
+        server.start()
+    assert isinstance(err.value, TimeoutError)
+    assert not server.running
+    assert llama_server_pids(str(model)) == []
+
+
+def test_missing_binary_and_public_bind_warning(
+    model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = LlamaServer(model, host="0.0.0.0", binary=tmp_path / "llama-server")
+    with caplog.at_level(logging.WARNING, logger="lmserv.server"), pytest.raises(BinaryNotFound):
+        server.start()
+    assert "without an API key" in caplog.text
+
+
+def test_server_killed_mid_stream_raises_clear_error(
+    llama_build: LlamaBuild, model_dir: Path
+) -> None:
+    slow = write_synthetic_model(model_dir / "synthetic.gguf", params=20_000_000, quant="f16")
+    with LlamaServer(slow, parallel=1, ctx_size=4096, extra_args=THREADS) as server:
+        client = server.client()
+        stream = client.stream("hello", max_tokens=4000, ignore_eos=True, temperature=0)
+        chunks = iter(stream)
+        next(chunks)
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGKILL)
+        with pytest.raises(ServerUnavailable, match=r"crashed or been stopped|ended before"):
+            for _ in chunks:
+                pass
+        client.close()
+
+
+def test_no_orphan_when_python_parent_dies(llama_build: LlamaBuild, model: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        from lmserv import LlamaServer
+        server = LlamaServer({str(model)!r}, extra_args=("-t", "1")).start()
+        print(server.pid, flush=True)
+        os._exit(0)  # dies without stop() and without atexit handlers
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    pid = int(out.stdout.strip())
+    assert wait_gone(pid), f"llama-server {pid} outlived its Python parent"
