@@ -90,6 +90,19 @@ def test_parallel_checksum_mismatch_leaves_nothing(server: FileServer, tmp_path:
     assert sorted(p.name for p in tmp_path.iterdir()) == [".s.gguf.lock"]
 
 
+def test_single_connection_part_is_continued_in_parallel(
+    server: FileServer, tmp_path: Path
+) -> None:
+    (tmp_path / "s.gguf.part").write_bytes(SMALL[:3_000_000])
+    dest = download_file(
+        server.url("/small.gguf"), tmp_path / "s.gguf", sha256=SMALL_SHA, connections=4, **FAST
+    )
+    assert dest.read_bytes() == SMALL
+    assert server.bytes_served == len(SMALL) - 3_000_000 + 1  # the rest, and the probe
+    assert min(_starts(server)[1:]) == 3_000_000
+    assert len(server.requests) > 3
+
+
 def test_server_ignoring_range_falls_back_to_one_connection(
     server: FileServer, tmp_path: Path
 ) -> None:

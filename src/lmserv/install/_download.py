@@ -265,6 +265,7 @@ def _single(
                         if not disk_checked:
                             _check_disk(part.parent, total - pos)
                             disk_checked = True
+                    # No chunk_size: re-chunking would hold back received bytes on a drop.
                     for data in response.iter_raw():
                         view = memoryview(data)
                         while view:
@@ -348,7 +349,7 @@ def _fetch(
         else:
             log.info("resuming %s: %d chunks", part, sum(not c.complete for c in chunks))
     if chunks is None:
-        if part.exists() or connections == 1:
+        if connections == 1:
             return single()
         total = _with_retries(lambda: _probe(fetcher), policy, describe)
         if total is not None and size is not None and total != size:
@@ -356,8 +357,16 @@ def _fetch(
         wanted = connections or (DEFAULT_CONNECTIONS if (total or 0) >= PARALLEL_MIN_SIZE else 1)
         if total is None or wanted == 1 or total < 2 * _parallel.MIN_CHUNK:
             return single()
-        _check_disk(dest.parent, total)
+        # A .part left by a single-connection run is a verified-so-far prefix: the chunks it
+        # covers count as done, so switching to parallel ranges loses nothing.
+        present = part.stat().st_size if part.exists() else 0
+        if present > total:
+            part.unlink()
+            present = 0
+        _check_disk(dest.parent, total - present)
         chunks = _parallel.plan_chunks(total, wanted)
+        for chunk in chunks:
+            chunk.done = max(0, min(present - chunk.start, chunk.end - chunk.start))
     assert total is not None
     _check_disk(dest.parent, total - sum(c.done for c in chunks))
     bar.total(total)
