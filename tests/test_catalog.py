@@ -241,3 +241,12 @@ def test_seed_module_command_still_works(server: FileServer, tmp_path: Path) -> 
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(tmp_path / "models" / "tiny-q4.gguf")
     assert re.search(r"error", out.stderr) is None
+
+
+def test_public_names_are_exported() -> None:
+    import lmserv
+    import lmserv.install
+
+    for name in ("download_file", "download_models", "ensure_model", "CatalogEntry"):
+        assert name in lmserv.__all__ and name in lmserv.install.__all__
+        assert getattr(lmserv, name) is getattr(lmserv.install, name)

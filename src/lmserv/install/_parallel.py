@@ -284,8 +284,11 @@ def run_parallel(
         return hasher.hexdigest()
     finally:
         shared.stop.set()
+        # Workers notice the stop at their next read; one stuck on a silent connection is a
+        # daemon thread and is left behind (its progress counts stay a lower bound).
+        deadline = time.monotonic() + 2.0
         for thread in threads:
-            thread.join(timeout=2.0)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         with contextlib.suppress(OSError):
             _checkpoint(part, state_path, fetcher.url, total, sha256, chunks)
 
