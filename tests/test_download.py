@@ -263,3 +263,43 @@ def test_ctrl_c_leaves_the_part_for_the_next_run(server: FileServer, tmp_path: P
     download_file(server.url("/model.gguf"), dest, sha256=SHA, **FAST)
     assert dest.read_bytes() == DATA
     assert _ranges(server) == [f"bytes={kept}-"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_progress_bar_appears_on_a_real_tty(server: FileServer, tmp_path: Path) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
+    code = (
+        "import sys; from lmserv.install import download_file; "
+        "download_file(sys.argv[1], sys.argv[2], connections=1)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, server.url("/model.gguf"), str(tmp_path / "tty.gguf")],
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+        stderr=slave,
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    try:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO once the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    shown = b"".join(chunks).decode(errors="replace")
+    # name, percentage, size, rate and [elapsed<remaining]
+    assert "tty.gguf" in shown and "100%" in shown and "3.00M" in shown
+    assert "/s" in shown and "<" in shown
