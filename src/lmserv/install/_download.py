@@ -450,7 +450,7 @@ def download_file(
     try:
         lock.acquire(timeout=0)
     except LockTimeout:
-        log.info("waiting for another process downloading %s", dest)
+        log.warning("waiting for another process downloading %s", dest)
         lock.acquire()
     try:
         if _already_there(dest, sha, size, url):
