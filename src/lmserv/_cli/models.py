@@ -40,7 +40,9 @@ def _add_dir(parser: argparse.ArgumentParser) -> None:
         "--dir",
         type=Path,
         default=None,
-        help=f"models folder (default: {config.models_dir()}; env LMSERV_PATHS_MODELS)",
+        # Not config.models_dir() here: building the parser must not read the settings.
+        help="models folder (default: [paths] models in the config file, LMSERV_PATHS_MODELS, "
+        "or ~/.local/share/lmserv/models)",
     )
 
 
