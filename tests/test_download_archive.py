@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -154,9 +155,27 @@ def test_unsafe_members_are_refused_and_nothing_is_left(
 def test_unsafe_archive_download_keeps_no_files(server: FileServer, tmp_path: Path) -> None:
     blob = _gz(_tar(_dotdot))
     url = server.add("/evil.tar.gz", blob)
-    with pytest.raises(UnsafeArchive):
-        download_file(
-            url, tmp_path / "evil.tar.gz", sha256=hashlib.sha256(blob).hexdigest(), **FAST
-        )
-    assert not (tmp_path / "evil").exists()
-    assert not (tmp_path.parent / "escape-dotdot.txt").exists()
+    sha = hashlib.sha256(blob).hexdigest()
+    for _ in range(2):  # refused again on a second call, not mistaken for done
+        with pytest.raises(UnsafeArchive):
+            download_file(url, tmp_path / "evil.tar.gz", sha256=sha, **FAST)
+        assert not (tmp_path / "evil").exists()
+        assert not (tmp_path / "evil.tar.gz").exists()
+        assert not (tmp_path.parent / "escape-dotdot.txt").exists()
+    assert len(server.requests) == 2
+
+
+def test_verified_archive_left_unextracted_is_extracted_without_download(
+    server: FileServer, tmp_path: Path
+) -> None:
+    blob = _gz(_tar(_good))
+    url = server.add("/b.tar.gz", blob)
+    sha = hashlib.sha256(blob).hexdigest()
+    folder = download_file(url, tmp_path / "b.tar.gz", sha256=sha, **FAST)
+    shutil.rmtree(folder)  # as if interrupted between verification and extraction
+    (tmp_path / "b.tar.gz").write_bytes(blob)
+    (tmp_path / ".b.tar.gz.lmserv.json").unlink()
+    server.reset_log()
+    assert download_file(url, tmp_path / "b.tar.gz", sha256=sha, **FAST) == folder
+    assert (folder / "model.gguf").read_bytes() == MODEL
+    assert server.requests == []

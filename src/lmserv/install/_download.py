@@ -431,7 +431,11 @@ def download_file(
     is_archive = archive_kind(dest.name) is not None if extract is None else extract
     final = extraction_target(dest) if is_archive else dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if _already_there(dest, sha, size, url):
+
+    def ready() -> bool:
+        return _already_there(dest, sha, size, url) and (not is_archive or final.is_dir())
+
+    if ready():
         log.debug("%s is already verified", dest)
         return final
     part = _part_path(dest)
@@ -453,8 +457,10 @@ def download_file(
         log.warning("waiting for another process downloading %s", dest)
         lock.acquire()
     try:
-        if _already_there(dest, sha, size, url):
+        if ready():
             return final
+        if is_archive and dest.is_file() and _already_there(dest, sha, size, url):
+            return _extract(dest, final, url)  # verified earlier, extraction interrupted
         bar = _Bar(progress, size, dest.name)
         policy = RetryPolicy(retries=retries, backoff=backoff)
         try:
@@ -498,13 +504,29 @@ def download_file(
         _state_path(dest).unlink(missing_ok=True)
         _write_sidecar(dest, digest, nbytes, url)
         log.info("downloaded %s (%d bytes, sha256 %s)", dest, nbytes, digest)
-        if is_archive:
-            extract_archive(dest, final)
-            _write_sidecar(dest, digest, nbytes, url, extracted_to=final.name)
-            dest.unlink()
-        return final
+        return _extract(dest, final, url) if is_archive else final
     finally:
         lock.release()
+
+
+def _extract(archive: Path, folder: Path, url: str) -> Path:
+    """Unpack a verified archive, record it as extracted, remove it; an unsafe one is deleted."""
+    record = read_sidecar(archive) or {}
+    try:
+        extract_archive(archive, folder)
+    except Exception:
+        _discard(archive)
+        archive.unlink(missing_ok=True)
+        raise
+    _write_sidecar(
+        archive,
+        str(record.get("sha256", "")),
+        int(record.get("size", 0)),
+        url,
+        extracted_to=folder.name,
+    )
+    archive.unlink()
+    return folder
 
 
 def _discard(dest: Path) -> None:
