@@ -92,6 +92,16 @@ def test_pull_by_catalog_name_and_rm_by_name(
     assert local["catalog_name"] == "clitest" and local["verified"] is False
     assert main(["rm", "clitest"]) == 0
     assert not (tmp_path / "cli-model.gguf").exists()
+    assert "removed" in capsys.readouterr().out
+    # An interrupted download is listed as partial, and rm removes it too.
+    (tmp_path / "cli-model.gguf.part").write_bytes(DATA[:1000])
+    assert main(["list", "--json"]) == 0
+    (local,) = json.loads(capsys.readouterr().out)["local"]
+    assert (local["name"], local["size"], local["partial"]) == ("cli-model.gguf", 1000, True)
+    assert main(["list"]) == 0
+    assert "partial" in capsys.readouterr().out
+    assert main(["rm", "clitest"]) == 0
+    assert list(tmp_path.glob("cli-model*")) == []
 
 
 def test_errors_exit_1_and_usage_errors_exit_2(tmp_path: Path) -> None:

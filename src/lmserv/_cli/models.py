@@ -134,7 +134,7 @@ def _list(args: argparse.Namespace) -> int:
             }
         )
         return 0
-    present = {m.catalog_name: m for m in local if m.catalog_name}
+    present = {m.catalog_name: m for m in local if m.catalog_name and not m.partial}
     print(colour("Catalog", "bold"))
     for entry in sorted(catalog.values(), key=_key):
         mark = ""
@@ -148,7 +148,12 @@ def _list(args: argparse.Namespace) -> int:
     if not local:
         print("  (none; `lmserv pull NAME` downloads one)")
     for model in local:
-        state = colour("verified", "green") if model.verified else colour("unverified", "yellow")
+        if model.partial:
+            state = colour("partial: `lmserv pull` again resumes it", "yellow")
+        elif model.verified:
+            state = colour("verified", "green")
+        else:
+            state = colour("unverified", "yellow")
         name = f" ({model.catalog_name})" if model.catalog_name else ""
         print(f"  {model.path.name}{name}  {_size(model.size)}  {state}")
     return 0

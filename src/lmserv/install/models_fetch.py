@@ -12,6 +12,7 @@ Command line (the seed interface, kept)::
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -60,6 +61,7 @@ class LocalModel:
     verified: bool
     sha256: str | None
     catalog_name: str | None
+    partial: bool = False  # an interrupted download (``<name>.part``); pull again to resume
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +71,7 @@ class LocalModel:
             "verified": self.verified,
             "sha256": self.sha256,
             "catalog_name": self.catalog_name,
+            "partial": self.partial,
         }
 
 
@@ -183,7 +186,17 @@ def list_local(
     if not folder.is_dir():
         return found
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.name.endswith((".part", ".part.json", ".tmp")):
+        if path.name.endswith(".part") and not path.name.startswith("."):
+            final = path.with_name(path.name[: -len(".part")])
+            entry = by_file.get(final.name)
+            if not final.exists():
+                size = path.stat().st_size
+                if path.with_name(path.name + ".json").exists():  # parallel: preallocated
+                    size = _parallel_done(path.with_name(path.name + ".json"), size)
+                name = entry.name if entry else None
+                found.append(LocalModel(final, size, False, None, name, partial=True))
+            continue
+        if path.name.startswith(".") or path.name.endswith((".part.json", ".tmp")):
             continue
         entry = by_file.get(path.name)
         if path.is_dir():
@@ -203,6 +216,14 @@ def list_local(
             )
         )
     return found
+
+
+def _parallel_done(state: Path, default: int) -> int:
+    try:
+        data = json.loads(state.read_text("utf-8"))
+        return sum(int(chunk[2]) for chunk in data["chunks"])
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return default
 
 
 def remove_model(
