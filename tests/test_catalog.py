@@ -130,7 +130,14 @@ def test_specs_urls_and_hf() -> None:
     spec = parse_spec("hf://o/r@abc123/f.gguf", catalog)
     assert spec.url == "https://huggingface.co/o/r/resolve/abc123/f.gguf" and spec.sha256 is None
     assert parse_spec("https://x.example/a/b%20c.gguf", catalog).filename == "b c.gguf"
-    for bad in ("hf://owner/file.gguf", "hf://o/r/../x.gguf", "https://x/a.gguf#md5=1"):
+    for bad in (
+        "hf://owner/file.gguf",
+        "hf://o/r/../x.gguf",
+        "https://x/a.gguf#md5=1",
+        "https://x/..%2F..%2Fescape.gguf",
+        "https://x/a%5C..%5Cb.gguf",
+        "https://x/",
+    ):
         with pytest.raises(ConfigError):
             parse_spec(bad, catalog)
 

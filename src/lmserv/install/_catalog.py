@@ -103,10 +103,12 @@ class ModelSpec:
 def url_filename(url: str) -> str:
     """The last path segment of ``url``, decoded (``…/resolve/main/x.gguf`` -> ``x.gguf``)."""
     name = unquote(PurePosixPath(urlsplit(url).path).name)
-    if not name or name in (".", ".."):
+    # An encoded slash ("..%2F..%2Fx") must not turn the name into a path out of the folder.
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
         raise ConfigError(
-            f"cannot name a local file after URL {url!r}: its path has no file name; "
-            "use a URL that ends in the file name, e.g. https://host/path/model.gguf"
+            f"cannot name a local file after URL {url!r}: its last path segment {name!r} is "
+            "not a plain file name; use a URL that ends in the file name, e.g. "
+            "https://host/path/model.gguf"
         )
     return name
 
