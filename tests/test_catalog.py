@@ -150,6 +150,8 @@ def test_user_and_argument_entries(monkeypatch: pytest.MonkeyPatch) -> None:
     bad = _entry("https://h/m.gguf", sha256="abc")
     with pytest.raises(ConfigError, match=r"catalog entry 'broken'.*sha256 'abc'"):
         load_catalog({"broken": bad})
+    with pytest.raises(ConfigError, match="not a plain file name"):
+        load_catalog({"sneaky": _entry("https://h/m.gguf", filename="../../x.gguf")})
     no_url = {k: v for k, v in _entry("https://h/m.gguf").items() if k != "url"}
     with pytest.raises(ConfigError, match="lacks url"):
         load_catalog({"broken": no_url})

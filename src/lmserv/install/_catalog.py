@@ -143,6 +143,11 @@ def _entry_from_mapping(name: str, data: Mapping[str, Any], source: str) -> Cata
     if ctx is not None and (not isinstance(ctx, int) or isinstance(ctx, bool)):
         raise ConfigError(f"{where}: context_length {ctx!r} is not a whole number")
     extra = {key: str(data[key]) for key in _OPTIONAL_STR if key in data}
+    filename = extra.get("filename", "")
+    if filename and (
+        filename in (".", "..") or any(c in filename for c in "/\\\x00") or ":" in filename
+    ):
+        raise ConfigError(f"{where}: filename {filename!r} is not a plain file name")
     entry = CatalogEntry(
         name=name,
         url=url,
