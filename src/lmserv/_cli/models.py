@@ -10,7 +10,7 @@ from lmserv import config
 from lmserv._cli._common import add_json_flag, colour, print_json
 from lmserv.errors import ConfigError
 from lmserv.install._catalog import CatalogEntry, load_catalog
-from lmserv.install.models_fetch import download_models, list_local, remove_model
+from lmserv.install._models import download_models, list_local, remove_model
 
 __all__ = ["register"]
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from lmserv.install._catalog import CatalogEntry, load_catalog
 from lmserv.install._download import download_file
+from lmserv.install._models import LocalModel, download_models, ensure_model
 from lmserv.install.llama_build import LlamaBuild, build_llama_cpp
-from lmserv.install.models_fetch import LocalModel, download_models, ensure_model
 
 __all__ = [
     "CatalogEntry",
