@@ -19,8 +19,10 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -198,6 +200,44 @@ class _Bar:
             self._bar.close()
 
 
+class _HashPipe:
+    """SHA-256 on a helper thread, fed in order: hashing overlaps the network and the disk.
+
+    hashlib releases the GIL on large buffers, so this is real parallelism. The queue is
+    bounded (64 pieces of at most 64 KiB), so memory stays flat.
+    """
+
+    def __init__(self) -> None:
+        self._open = False
+        self.reset()
+
+    def reset(self) -> None:
+        """Start over from zero bytes (the server ignored Range)."""
+        self.close()
+        self._hasher = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
+        self._thread = threading.Thread(target=self._run, name="lmserv-sha256", daemon=True)
+        self._thread.start()
+        self._open = True
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            self._hasher.update(item)
+
+    def update(self, data: bytes) -> None:
+        self._queue.put(data)
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self._queue.put(None)
+            self._thread.join()
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self._hasher.hexdigest()
+
+
 def _single(
     fetcher: Fetcher,
     part: Path,
@@ -208,7 +248,25 @@ def _single(
     describe: Callable[[str], str],
 ) -> tuple[str, int]:
     """One connection, appending to ``part``; returns (sha256, bytes). Hashes as it writes."""
-    hasher = hashlib.sha256()
+    hasher = _HashPipe()
+    try:
+        return _single_stream(
+            fetcher, part, hasher, size=size, policy=policy, bar=bar, describe=describe
+        )
+    finally:
+        hasher.close()
+
+
+def _single_stream(
+    fetcher: Fetcher,
+    part: Path,
+    hasher: _HashPipe,
+    *,
+    size: int | None,
+    policy: RetryPolicy,
+    bar: _Bar,
+    describe: Callable[[str], str],
+) -> tuple[str, int]:
     pos = 0
     if part.exists():
         pos = part.stat().st_size
@@ -248,7 +306,7 @@ def _single(
                     if response.status_code != 206 and pos:
                         out.seek(0)
                         out.truncate(0)
-                        hasher = hashlib.sha256()
+                        hasher.reset()
                         bar.reset()
                         pos = 0
                         if response.status_code == 416:
