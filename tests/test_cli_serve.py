@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,16 +20,35 @@ from lmserv.testing import COUNTING_CONTINUATION
 SRC = Path(__file__).parents[1] / "src"
 
 
+def llama_server_pids(fragment: str) -> list[int]:
+    """Pids of live llama-server processes whose command line mentions ``fragment``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (entry / "stat").read_text().split(") ", 1)[1][:1]
+            except OSError:
+                continue
+            if "llama-server" in cmd and fragment in cmd and state != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
 @pytest.fixture
-def env(llama_build: LlamaBuild, tmp_path: Path) -> dict[str, str]:
-    """The fixture's build on LLAMA_BIN_DIR; lmserv's data folder in ``tmp_path``."""
-    return {
+def env(llama_build: LlamaBuild, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The fixture's build on LLAMA_BIN_DIR; lmserv's data folder in ``tmp_path``.
+
+    Afterwards, no llama-server serving a model from ``tmp_path`` may be left running.
+    """
+    yield {
         **os.environ,
         "PYTHONPATH": str(SRC),
         "LMSERV_PATHS_DATA": str(tmp_path / "data"),
         "LMSERV_PATHS_CACHE": str(tmp_path / "cache"),
         "LLAMA_ARG_THREADS": "1",  # llama-server reads its flags from the environment too
     }
+    assert llama_server_pids(str(tmp_path)) == [], "a llama-server outlived its lmserv command"
 
 
 def lmserv(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -70,18 +91,22 @@ def test_chat_keeps_the_conversation(env: dict[str, str]) -> None:
 
 
 def test_serve_prints_url_and_stops_on_ctrl_c(env: dict[str, str]) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     proc = subprocess.Popen(
         [sys.executable, "-m", "lmserv", "serve", "counting"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env={**env, "LMSERV_SERVER_PORT": str(port)},  # the [server] setting, by environment
     )
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
         found = re.search(r"ready at (http://127\.0\.0\.1:\d+)", first)
         assert found, first + proc.stderr.read() if proc.stderr else first
+        assert found.group(1).endswith(f":{port}")
         with Client(found.group(1)) as client:
             assert client.complete("one two", temperature=0).text == COUNTING_CONTINUATION
             assert client.props()["total_slots"] == 4  # llama-server's own default
@@ -109,3 +134,12 @@ def test_demo_runs_end_to_end(env: dict[str, str]) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "answer:  three four five six seven eight nine ten\n" in out.stdout
     assert "tokens/s" in out.stdout
+
+
+def test_run_uses_the_default_model_setting(env: dict[str, str], tmp_path: Path) -> None:
+    from lmserv.testing import write_counting_model
+
+    model = write_counting_model(tmp_path / "elsewhere" / "mine.gguf")
+    out = lmserv({**env, "LMSERV_MODELS_DEFAULT": str(model)}, "run", "--raw", "--max-tokens", "1")
+    assert (out.returncode, out.stdout) == (0, " three\n"), out.stderr
+    assert not (tmp_path / "data" / "models" / "counting.gguf").exists()  # not the built-in one

@@ -245,3 +245,14 @@ def test_refused_connection_says_what_to_do() -> None:
         client.health()
     assert "is the server running?" in str(err.value)
     assert "lmserv serve" in str(err.value)
+
+
+def test_public_names_are_exported() -> None:
+    import lmserv
+    import lmserv.client
+
+    for name in ("LlamaServer", "ServerInfo", "Client", "AsyncClient", "Completion"):
+        assert name in lmserv.__all__ and getattr(lmserv, name) is not None
+    for name in ("ChatCompletion", "Timings", "TextStream", "AsyncTextStream"):
+        assert name in lmserv.__all__ and name in lmserv.client.__all__
+    assert "testing" not in lmserv.__all__  # test models stay a submodule

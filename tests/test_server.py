@@ -170,3 +170,40 @@ def test_no_orphan_when_python_parent_dies(llama_build: LlamaBuild, model: Path)
     assert out.returncode == 0, out.stderr
     pid = int(out.stdout.strip())
     assert wait_gone(pid), f"llama-server {pid} outlived its Python parent"
+
+
+def test_unrunnable_binary_is_a_start_error(model: Path, tmp_path: Path) -> None:
+    fake = tmp_path / "llama-server"
+    fake.write_text("not a program")  # exists, but is not executable
+    with pytest.raises(ServerStartError, match="could not run"):
+        LlamaServer(model, binary=fake).start()
+
+
+def _device_line(name: str, description: str) -> str:
+    # common.cpp: COM_TRC("  - %-8s: %s (%zu MiB, %zu MiB free)\n", ...) under "common_param:"
+    return f"0.00.002.695 I cmn  common_param:   - {name:<8s}: {description} (143771 MiB, 143000 MiB free)"
+
+
+def test_info_sees_gpu_offload_and_gpu_left_unused() -> None:
+    """The GPU lines follow llama.cpp's format strings (this machine has no GPU to log them)."""
+    from lmserv.server import _parse_info
+
+    common = [
+        "0.00.002.682 I cmn  common_param: common_params_print_info: build 1 (0c1e570) with GNU",
+        _device_line("CUDA0", "NVIDIA H200"),
+        _device_line("CPU", "Intel(R) Xeon(R) Processor"),
+    ]
+    offloaded = [
+        *common,
+        "0.00.007.670 I load_tensors: offloaded 33/33 layers to GPU",
+        "0.00.007.672 I load_tensors:        CUDA0 model buffer size =  4403.49 MiB",
+        "0.00.007.672 I load_tensors:   CPU_Mapped model buffer size =   281.81 MiB",
+        "0.00.009.663 I srv    load_model: initializing, n_slots = 4, n_ctx_slot = 8192, kv_unified = 'true'",
+    ]
+    info = _parse_info(offloaded, "http://127.0.0.1:1", 1, "m.gguf")
+    assert (info.devices, info.weights_on) == (("CUDA0", "CPU"), ("CUDA0", "CPU_Mapped"))
+    assert (info.gpu_layers, info.total_layers, info.n_ctx, info.slots) == (33, 33, 8192, 4)
+    assert not info.gpu_unused and "33/33 layers on GPU" in info.summary()
+    unused = [*common, "0.00.007.672 I load_tensors:   CPU_Mapped model buffer size =   281.81 MiB"]
+    info = _parse_info(unused, "http://127.0.0.1:1", 1, "m.gguf")
+    assert info.gpu_unused and "GPU found (CUDA0, CPU) but not used" in info.summary()

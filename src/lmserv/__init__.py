@@ -5,12 +5,17 @@ Public API (see README.md)::
     from lmserv.install import build_llama_cpp, download_file, download_models, ensure_model
     from lmserv import detect_gpus, plan_offload, load_settings
     from lmserv import LlamaServer, Client, AsyncClient
+    from lmserv import RpcWorker, split_options          # several machines / GPUs
+    from lmserv import Llama, LlamaParams   # in-process inference (loads libllama lazily)
     from lmserv.testing import write_counting_model   # test models stay a submodule
 """
 
 from __future__ import annotations
 
+from lmserv._bindings.llama import Llama
+from lmserv._bindings.params import LlamaParams
 from lmserv._client import AsyncClient, AsyncTextStream, Client, TextStream
+from lmserv._multigpu import SplitOptions, split_options
 from lmserv._types import ChatCompletion, Completion, Timings
 from lmserv.config import Settings, get_settings, load_settings
 from lmserv.errors import (
@@ -43,6 +48,7 @@ from lmserv.errors import (
     WorkerError,
 )
 from lmserv.gpu import GPU, OffloadPlan, cuda_compute_capabilities, detect_gpus, plan_offload
+from lmserv.rpc import RpcWorker, parse_endpoint, probe_endpoint
 from lmserv.server import LlamaServer, ServerInfo
 
 __version__ = "0.1.0"
@@ -77,7 +83,9 @@ __all__ = [
     "InsufficientDiskSpace",
     "InvalidModelFile",
     "LibraryMismatch",
+    "Llama",
     "LlamaError",
+    "LlamaParams",
     "LlamaServer",
     "LmservError",
     "LocalModel",
@@ -85,6 +93,7 @@ __all__ = [
     "ModelNotFound",
     "NotFoundError",
     "OffloadPlan",
+    "RpcWorker",
     "ServerError",
     "ServerInfo",
     "ServerStartError",
@@ -92,6 +101,7 @@ __all__ = [
     "ServerUnavailable",
     "Settings",
     "SourceError",
+    "SplitOptions",
     "TextStream",
     "Timings",
     "ToolchainMissing",
@@ -105,5 +115,8 @@ __all__ = [
     "ensure_model",
     "get_settings",
     "load_settings",
+    "parse_endpoint",
     "plan_offload",
+    "probe_endpoint",
+    "split_options",
 ]

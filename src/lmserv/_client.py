@@ -131,7 +131,12 @@ class _EventParser(Generic[R]):
         if payload == "[DONE]":
             self.done = True
             return None
-        event = json.loads(payload)
+        try:
+            event = json.loads(payload)
+        except ValueError as exc:
+            raise APIError(
+                f"llama-server sent an unreadable event during {self.where}: {payload[:200]!r}"
+            ) from exc
         if not isinstance(event, Mapping):
             return None
         if "error" in event:

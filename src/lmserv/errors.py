@@ -219,4 +219,21 @@ class GPUError(LmservError):
 
 
 class WorkerError(LmservError):
-    """An RPC worker could not be started or reached."""
+    """An RPC worker could not be started or reached.
+
+    ``endpoint`` names the worker (``"host:port"``); when a worker process exited, ``returncode``
+    and ``log_tail`` (its last log lines) say why.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str | None = None,
+        returncode: int | None = None,
+        log_tail: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.returncode = returncode
+        self.log_tail = log_tail

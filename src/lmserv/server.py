@@ -15,9 +15,10 @@ the model is loaded; a bad model path exits with code 1 after ``failed to open G
 from __future__ import annotations
 
 import atexit
-import collections
 import contextlib
+import http.client
 import ipaddress
+import itertools
 import logging
 import os
 import re
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +38,10 @@ import httpx
 
 from lmserv import config
 from lmserv._bootstrap.finder import find_binary
-from lmserv._client import Client
-from lmserv.errors import BinaryNotFound, ServerError, ServerStartError, ServerTimeout
+from lmserv._client import DEFAULT_TIMEOUT, Client
+from lmserv._multigpu import llama_server_args, normalize_endpoints
+from lmserv.errors import BinaryNotFound, ServerError, ServerStartError, ServerTimeout, WorkerError
+from lmserv.rpc import check_endpoints
 
 __all__ = ["LlamaServer", "ServerInfo"]
 
@@ -48,15 +52,17 @@ _BUILD = re.compile(r"build[: ]+(\d+) \(([0-9a-f]+)\)")
 _DEVICE = re.compile(r"common_param:\s+- (\S+)\s+: (.+?) \(")
 _BUFFER = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+_SLOTS = re.compile(r"n_slots = (\d+), n_ctx_slot = (\d+)")
 _LOG_KEEP = 20  # old log files kept in the logs folder
-_LOG_MAX_BYTES = 64 * 1024 * 1024  # a running server's log rotates to .1 past this size
-_TAIL_LINES = 400
+_SERIAL = itertools.count()
 
 
 @dataclass(frozen=True)
 class ServerInfo:
-    """What a started llama-server reports about itself (from its log and ``/props``).
+    """What a started llama-server reports about itself, read from its start-up log.
 
+    ``n_ctx`` is the context of one slot (the most one request can use), ``slots`` how many
+    requests run at once.
     ``devices`` are the backends llama.cpp found (``CPU``, ``CUDA0``, ...);
     ``weights_on`` the buffers the model weights went to (``CPU_Mapped``, ``CUDA0``, ...).
     ``gpu_unused`` is true when a GPU was found but no weights are on it, the classic
@@ -94,11 +100,11 @@ class ServerInfo:
         return text + f", build {self.build or '?'}"
 
 
-def _parse_info(
-    lines: Sequence[str], base_url: str, pid: int, props: dict[str, object]
-) -> ServerInfo:
+def _parse_info(lines: Sequence[str], base_url: str, pid: int, model_path: str) -> ServerInfo:
+    """Read what llama-server did from its start-up log (no request needed)."""
     build, devices, buffers = "", [], []
     gpu_layers = total_layers = None
+    n_ctx = slots = 0
     for line in lines:
         if (m := _BUILD.search(line)) and not build:
             build = m.group(2)
@@ -108,21 +114,34 @@ def _parse_info(
             buffers.append(m.group(1))
         elif m := _OFFLOADED.search(line):
             gpu_layers, total_layers = int(m.group(1)), int(m.group(2))
-    settings = props.get("default_generation_settings")
-    n_ctx = settings.get("n_ctx", 0) if isinstance(settings, dict) else 0
-    slots = props.get("total_slots", 0)
+        elif m := _SLOTS.search(line):
+            slots, n_ctx = int(m.group(1)), int(m.group(2))
     return ServerInfo(
         base_url=base_url,
         pid=pid,
-        model_path=str(props.get("model_path", "")),
+        model_path=model_path,
         build=build,
-        n_ctx=int(n_ctx) if isinstance(n_ctx, int) else 0,
-        slots=int(slots) if isinstance(slots, int) else 0,
+        n_ctx=n_ctx,
+        slots=slots,
         devices=tuple(devices),
         weights_on=tuple(dict.fromkeys(buffers)),
         gpu_layers=gpu_layers,
         total_layers=total_layers,
     )
+
+
+def _http_get(base_url: str, path: str) -> int:
+    """Status of ``GET path``; the stdlib client, because an ``httpx.Client`` costs tens of
+    milliseconds to create (its TLS context) and start-up time is what we are measuring."""
+    parts = urllib.parse.urlsplit(base_url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=5)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
 
 
 def _is_loopback(host: str) -> bool:
@@ -148,11 +167,9 @@ def _parent_death_hook() -> Callable[[], None] | None:
         # that would kill the server with the thread, so rely on atexit there instead.
         return None
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        prctl = libc.prctl
+        prctl = ctypes.CDLL(None).prctl  # libc is already loaded into Python itself
     except (OSError, AttributeError):
         return None
     parent = os.getpid()
@@ -175,7 +192,11 @@ class LlamaServer:
     ``ctx_size`` (``-c``; default from the model), ``n_gpu_layers`` (``-ngl``; ``"auto"``
     lets llama.cpp fit as many layers as memory allows, ``"all"`` or a number), ``parallel``
     (``-np``; default 4 slots sharing one KV cache), ``api_key``, ``rpc`` (``host:port``
-    workers). ``extra_args`` are appended verbatim (e.g. ``("--embeddings", "--pooling",
+    workers; each is probed before start, and a dead one raises
+    :class:`~lmserv.errors.WorkerError` naming it). Multi-GPU: ``split_mode`` (``"layer"``,
+    ``"tensor"``, ``"none"``), ``tensor_split`` (shares per device), ``main_gpu``, ``devices``
+    (names such as ``"CUDA0"`` or GPU indices); validated before start, see
+    ``docs/distributed.md``. ``extra_args`` are appended verbatim (e.g. ``("--embeddings", "--pooling",
     "mean")``). ``port=None`` lets the OS pick a free port (``--port 0``), so two servers never
     race for one. ``binary`` defaults to the finder's ``llama-server``.
 
@@ -200,6 +221,11 @@ class LlamaServer:
         log_path: str | os.PathLike[str] | None = None,
         start_timeout: float = 600.0,
         stop_timeout: float = 10.0,
+        # multi-GPU (issue 7)
+        split_mode: str | None = None,
+        tensor_split: str | Sequence[float] | None = None,
+        main_gpu: int | None = None,
+        devices: str | Sequence[str | int] | None = None,
     ) -> None:
         self.model = Path(model)
         self.host = host
@@ -208,7 +234,11 @@ class LlamaServer:
         self.n_gpu_layers = n_gpu_layers
         self.parallel = parallel
         self.api_key = api_key
-        self.rpc = tuple(rpc or ())
+        self.rpc = normalize_endpoints(rpc)  # ConfigError for a malformed "host:port"
+        self.split_mode = split_mode
+        self.tensor_split = tensor_split
+        self.main_gpu = main_gpu
+        self.devices = devices
         self.extra_args = tuple(str(a) for a in extra_args)
         self.binary = Path(binary) if binary is not None else None
         self.metrics = metrics
@@ -217,10 +247,9 @@ class LlamaServer:
         self._log_path_arg = Path(log_path) if log_path is not None else None
         self.log_path: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._reader: threading.Thread | None = None
-        self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
         self._startup: list[str] = []
-        self._url_found = threading.Event()
+        self._log_offset = 0
+        self._partial = b""
         self._url: str | None = None
         self._info: ServerInfo | None = None
         self._lock = threading.Lock()
@@ -244,8 +273,7 @@ class LlamaServer:
             argv += ["-ngl", str(self.n_gpu_layers)]
         if self.parallel is not None:
             argv += ["-np", str(self.parallel)]
-        if self.rpc:
-            argv += ["--rpc", ",".join(self.rpc)]
+        argv += self._distributed_args()
         if self.metrics:
             argv += ["--metrics"]
         # Level 4 adds libllama's load report (devices, buffers, offloaded layers) for `info`;
@@ -253,6 +281,20 @@ class LlamaServer:
         argv += ["-lv", "4"]
         argv += list(self.extra_args)
         return argv
+
+    def _distributed_args(self) -> list[str]:
+        """``--rpc`` and the multi-GPU flags, validated (issue 7; lmserv._multigpu)."""
+        return llama_server_args(
+            self.model,
+            rpc=self.rpc,
+            split_mode=self.split_mode,
+            tensor_split=self.tensor_split,
+            main_gpu=self.main_gpu,
+            devices=self.devices,
+            extra_args=self.extra_args,
+            ctx_size=self.ctx_size,
+            parallel=self.parallel,
+        )
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -283,9 +325,9 @@ class LlamaServer:
             raise ServerError("LlamaServer.info is known after start(): call start() first")
         return self._info
 
-    def client(self, **kwargs: object) -> Client:
+    def client(self, *, timeout: float | httpx.Timeout = DEFAULT_TIMEOUT) -> Client:
         """A :class:`~lmserv.client.Client` bound to this server (and its api key)."""
-        return Client(self.base_url, api_key=self.api_key, **kwargs)  # type: ignore[arg-type]
+        return Client(self.base_url, api_key=self.api_key, timeout=timeout)
 
     def start(self) -> LlamaServer:
         """Start llama-server and wait until ``/health`` answers 200; return ``self``.
@@ -303,33 +345,49 @@ class LlamaServer:
                     self.host,
                 )
             argv = self.args()
+            check_endpoints(self.rpc)  # a dead worker: WorkerError naming it, not an abort/hang
             self._launch(argv)
             try:
                 self._wait_ready()
+            except ServerStartError as exc:
+                self._terminate()
+                if self.rpc:  # a worker that died after the probe aborts llama-server
+                    try:
+                        check_endpoints(self.rpc, timeout=1.0)
+                    except WorkerError as dead:
+                        raise WorkerError(
+                            f"{dead} llama-server stopped with code {exc.returncode} "
+                            "while using it.",
+                            endpoint=dead.endpoint,
+                            returncode=exc.returncode,
+                            log_tail=exc.log_tail,
+                        ) from exc
+                raise
             except BaseException:
                 self._terminate()
                 raise
         return self
 
-    def _open_log(self, pid: int) -> IO[bytes]:
+    def _open_log(self) -> IO[bytes]:
         if self._log_path_arg is not None:
             path = self._log_path_arg
         else:
             folder = config.cache_dir() / "logs"
             folder.mkdir(parents=True, exist_ok=True)
-            old = sorted(folder.glob("llama-server-*.log*"), key=lambda p: p.stat().st_mtime)
+            old = sorted(folder.glob("llama-server-*.log"), key=lambda p: p.stat().st_mtime)
             for stale in old[: max(0, len(old) - _LOG_KEEP)]:
                 with contextlib.suppress(OSError):
                     stale.unlink()
-            path = folder / f"llama-server-{time.strftime('%Y%m%d-%H%M%S')}-{pid}.log"
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            path = folder / f"llama-server-{stamp}-{os.getpid()}-{next(_SERIAL)}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = path
         return path.open("wb")
 
     def _launch(self, argv: list[str]) -> None:
-        self._tail.clear()
         self._startup = []
-        self._url_found.clear()
+        self._log_offset = 0
+        self._partial = b""
         self._url = None
         self._info = None
         log.info("starting %s", " ".join(argv))
@@ -341,51 +399,42 @@ class LlamaServer:
             hook = _parent_death_hook()
             if hook is not None:
                 kwargs["preexec_fn"] = hook
-        self._proc = subprocess.Popen(  # an argument list, never a shell
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=self._env(),
-            **kwargs,  # type: ignore[call-overload]
-        )
-        out = self._open_log(self._proc.pid)
-        self._reader = threading.Thread(
-            target=self._pump,
-            args=(self._proc, out),
-            name=f"llama-server-{self._proc.pid}-log",
-            daemon=True,
-        )
-        self._reader.start()
+        # The log goes straight to a file: no pipe that a busy Python process could leave
+        # full, which would stall llama-server's logging and then llama-server itself.
+        with self._open_log() as out:
+            try:
+                self._proc = subprocess.Popen(  # an argument list, never a shell
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=self._env(),
+                    **kwargs,  # type: ignore[call-overload]
+                )
+            except OSError as exc:
+                raise ServerStartError(
+                    f"could not run {argv[0]!r}: {exc}; check that it is an executable "
+                    "llama-server for this machine (or rebuild with `lmserv build`)"
+                ) from exc
         atexit.register(self._terminate)
 
-    def _pump(self, proc: subprocess.Popen[bytes], out: IO[bytes]) -> None:
-        """Copy the process output to the log file and the tail; spot the listening line."""
-        assert proc.stdout is not None
-        written = 0
-        try:
-            for raw in iter(proc.stdout.readline, b""):
-                out.write(raw)
-                out.flush()
-                written += len(raw)
-                line = raw.decode(errors="replace").rstrip("\n")
-                self._tail.append(line)
-                if not self._url_found.is_set():
-                    self._startup.append(line)
-                    if m := _LISTENING.search(line):
-                        self._url = m.group(1).rstrip("/")
-                        self._url_found.set()
-                if written > _LOG_MAX_BYTES and self.log_path is not None:
-                    out.close()
-                    self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
-                    out = self.log_path.open("wb")
-                    written = 0
-        finally:
-            out.close()
+    def _read_startup(self) -> bool:
+        """Read new complete log lines; return True once the listening line was seen."""
+        assert self.log_path is not None
+        with self.log_path.open("rb") as f:
+            f.seek(self._log_offset)
+            data = f.read()
+        self._log_offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for raw in lines:
+            line = raw.decode(errors="replace")
+            self._startup.append(line)
+            if m := _LISTENING.search(line):
+                self._url = m.group(1).rstrip("/")
+                return True
+        return False
 
     def _start_error(self, returncode: int) -> ServerStartError:
-        if self._reader is not None:
-            self._reader.join(timeout=5)  # the last lines carry the reason
         tail = self.log_tail(15)
         errors = [line for line in tail.splitlines() if " E " in line or "error" in line.lower()]
         reason = errors[0].strip() if errors else "(no error line in its log)"
@@ -413,7 +462,8 @@ class LlamaServer:
         assert proc is not None
         deadline = time.monotonic() + self.start_timeout
         # 1) the listening line (with --port 0 it carries the real port)
-        while not self._url_found.wait(0.01):
+        while not self._read_startup():
+            time.sleep(0.005)
             if (code := proc.poll()) is not None:
                 raise self._start_error(code)
             if time.monotonic() > deadline:
@@ -422,30 +472,25 @@ class LlamaServer:
                     f"{self.start_timeout:.0f}s while loading {str(self.model)!r}; last log lines:\n"
                     f"{self.log_tail(20)}\npass a larger start_timeout= for big models"
                 )
-        # 2) /health 200 (503 means the model is still loading)
-        with httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(5.0)) as http:
-            status: object = None
-            while True:
-                if (code := proc.poll()) is not None:
-                    raise self._start_error(code)
-                try:
-                    response = http.get("/health")
-                    status = response.status_code
-                    if status == 200:
-                        props = http.get("/props", headers=self._auth()).json()
-                        break
-                except httpx.TransportError as exc:
-                    status = type(exc).__name__
-                if time.monotonic() > deadline:
-                    raise ServerTimeout(
-                        f"llama-server at {self.base_url} did not answer /health with 200 within "
-                        f"{self.start_timeout:.0f}s (last answer: {status}); last log lines:\n"
-                        f"{self.log_tail(20)}"
-                    )
-                time.sleep(0.01)
-        self._info = _parse_info(
-            self._startup, self.base_url, proc.pid, props if isinstance(props, dict) else {}
-        )
+        # 2) /health 200 (503 means the model is still loading; /health needs no api key)
+        status: object = None
+        while True:
+            if (code := proc.poll()) is not None:
+                raise self._start_error(code)
+            try:
+                status = _http_get(self.base_url, "/health")
+                if status == 200:
+                    break
+            except (OSError, ValueError) as exc:
+                status = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() > deadline:
+                raise ServerTimeout(
+                    f"llama-server at {self.base_url} did not answer /health with 200 within "
+                    f"{self.start_timeout:.0f}s (last answer: {status}); last log lines:\n"
+                    f"{self.log_tail(20)}"
+                )
+            time.sleep(0.01)
+        self._info = _parse_info(self._startup, self.base_url, proc.pid, str(self.model))
         log.info("llama-server ready at %s: %s", self.base_url, self._info.summary())
         if self._info.gpu_unused:
             log.warning(
@@ -455,11 +500,10 @@ class LlamaServer:
                 self.log_path,
             )
 
-    def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-
     def stop(self) -> int | None:
-        """Stop the server (SIGTERM, then SIGKILL after ``stop_timeout``); return its exit code.
+        """Stop the server (SIGTERM, again after 1 s, SIGKILL after ``stop_timeout``).
+
+        Returns its exit code: 0 for a graceful stop, 1 when the second SIGTERM was needed.
 
         Safe to call twice and on a server that was never started (returns ``None``).
         """
@@ -476,7 +520,15 @@ class LlamaServer:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
             try:
-                proc.wait(self.stop_timeout)
+                proc.wait(min(1.0, self.stop_timeout))
+            except subprocess.TimeoutExpired:
+                # Seen under load at 0c1e570 (not reproduced since): a server stopped right
+                # after start ignored its first SIGTERM. A second one makes llama-server's
+                # handler call exit(1) at once (tools/server/server.cpp, signal_handler).
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+            try:
+                proc.wait(max(0.0, self.stop_timeout - 1.0))
             except subprocess.TimeoutExpired:
                 log.warning(
                     "llama-server (pid %d) ignored SIGTERM for %.0fs; killing it",
@@ -486,10 +538,6 @@ class LlamaServer:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 proc.wait()
-        if self._reader is not None:
-            self._reader.join(timeout=5)
-        if proc.stdout is not None:
-            proc.stdout.close()
         self._url = None
         return proc.returncode
 
@@ -501,7 +549,16 @@ class LlamaServer:
 
     def log_tail(self, lines: int = 50) -> str:
         """The last ``lines`` lines llama-server wrote (the full log is at :attr:`log_path`)."""
-        return "\n".join(list(self._tail)[-lines:])
+        if self.log_path is None:
+            return ""
+        try:
+            with self.log_path.open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - 256 * lines))
+                data = f.read()
+        except OSError:
+            return ""
+        return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
     def __enter__(self) -> LlamaServer:
         return self.start()

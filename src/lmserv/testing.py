@@ -21,8 +21,10 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy and gguf are imported where models are written: the CLI starts faster
+    import numpy as np
 
 __all__ = [
     "COUNTING_CONTINUATION",
@@ -78,7 +80,8 @@ def write_counting_model(path: str | Path, *, seed: int = 0) -> Path:
     so a chat whose last message is ``"one two"`` answers the same.
     Parent folders are created; an existing file is replaced atomically.
     """
-    import gguf  # imported here: only writers of models need it
+    import gguf
+    import numpy as np
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,6 +179,7 @@ def write_synthetic_model(
     Raises :class:`ValueError` for an unknown ``quant`` or ``params`` below 20 million.
     """
     import gguf
+    import numpy as np
 
     if quant.lower() not in _QUANTS:
         raise ValueError(f"quant={quant!r} is not supported; use one of {sorted(_QUANTS)}")

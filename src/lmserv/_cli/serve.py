@@ -16,6 +16,7 @@ from types import FrameType
 from typing import Any
 
 from lmserv import config
+from lmserv._cli._distributed import add_distributed_options, distributed_kwargs
 from lmserv.client import ChatCompletion, Client, TextStream
 from lmserv.errors import ModelNotFound
 from lmserv.install import models_fetch
@@ -28,11 +29,14 @@ COUNTING = "counting"
 
 
 def resolve_model(spec: str | None) -> Path:
-    """A local GGUF path for ``spec``: a file, ``counting`` (default), or a catalog name/URL.
+    """A local GGUF path for ``spec``: a file, ``counting``, or a catalog name/URL.
 
+    ``None`` means the ``models.default`` setting, else ``counting``.
     Raises :class:`~lmserv.errors.ModelNotFound` when nothing matches.
     """
-    if spec is None or spec == COUNTING:
+    if spec is None:
+        spec = config.load_settings().models.default or COUNTING
+    if spec == COUNTING:
         return write_counting_model(config.models_dir() / "counting.gguf")
     path = Path(spec).expanduser()
     if path.is_file():
@@ -57,7 +61,7 @@ def _server_options(p: argparse.ArgumentParser) -> None:
         help="layers on the GPU: auto (default: as many as fit), all, or a number",
     )
     p.add_argument("--parallel", "-np", type=int, default=None, help="server slots (default: 4)")
-    p.add_argument("--rpc", default=None, help="RPC workers, comma-separated host:port")
+    add_distributed_options(p)  # --rpc and the multi-GPU options (issue 7)
     p.add_argument(
         "--server-args",
         default="",
@@ -74,8 +78,8 @@ def _make_server(args: argparse.Namespace, **kwargs: Any) -> LlamaServer:
         ctx_size=args.ctx_size,
         n_gpu_layers=ngl,
         parallel=args.parallel,
-        rpc=args.rpc.split(",") if args.rpc else None,
         extra_args=shlex.split(args.server_args),
+        **distributed_kwargs(args),
         **kwargs,
     )
 
@@ -95,9 +99,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Start llama-server for MODEL, print its URL, and stop it cleanly on Ctrl-C.",
     )
     p.add_argument("model", nargs="?", default=None, help="GGUF path, catalog name, or 'counting'")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--host", default=None, help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
-    p.add_argument("--api-key", default=None, help="require this key (Authorization: Bearer)")
+    p.add_argument(
+        "--api-key", default=None, help="require this key (Authorization: Bearer); see [server]"
+    )
     _server_options(p)
     p.set_defaults(func=_serve)
 
@@ -130,7 +136,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    server = _make_server(args, host=args.host, port=args.port, api_key=args.api_key)
+    # Flags over LMSERV_SERVER_* over the config file's [server] table.
+    settings = config.load_settings(
+        overrides={
+            "server.host": args.host,
+            "server.port": args.port,
+            "server.api_key": args.api_key,
+        }
+    ).server
+    port = settings.port or None  # 0 and None both mean a free port
+    server = _make_server(args, host=settings.host, port=port, api_key=settings.api_key)
     _sigterm_as_interrupt()
     try:
         server.start()
@@ -159,7 +174,8 @@ class _Session:
     def __init__(self, args: argparse.Namespace) -> None:
         self.server: LlamaServer | None = None
         if args.url:
-            self.client = Client(args.url, api_key=args.api_key)
+            key = config.load_settings(overrides={"server.api_key": args.api_key}).server.api_key
+            self.client = Client(args.url, api_key=key)
         else:
             self.server = _make_server(args).start()
             self.client = self.server.client()

@@ -1,0 +1,305 @@
+"""The decoding loop under :class:`~lmserv.Llama`: prompt decode, token picking, text pieces.
+
+:class:`Handles` holds a ``Llama``'s model and context pointers. :class:`Decoder` works on that
+context (``Handles.live`` raises once it is freed) and numbers generations with ``serial`` so a
+stream left open notices that the context moved on to another generation, or was freed, and
+raises instead of touching it. Neither refers back to the ``Llama``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmserv._bindings import _llama_h as h
+from lmserv._bindings._text import PieceAssembler
+from lmserv._bindings.params import SamplingParams
+from lmserv.errors import ContextOverflow, LlamaError
+
+__all__ = ["Decoder", "Handles", "Tally", "interrupted"]
+
+
+@dataclass
+class Tally:
+    """What a generation did, filled in as it runs (for :class:`~lmserv.Completion`)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    stop_type: str = "limit"  # llama-server's words: "eos", "word" (stop string), "limit"
+    prompt_ms: float = 0.0
+    predicted_ms: float = 0.0
+    cached_tokens: int = 0  # prompt tokens found in the KV cache (not decoded again)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def interrupted() -> LlamaError:
+    """The error of a stream whose context was taken over or freed."""
+    return LlamaError(
+        "this stream was interrupted: the Llama was closed or started another generation "
+        "(or embed); finish a stream before starting the next"
+    )
+
+
+class Handles:
+    """The C objects of one ``Llama``, freed exactly once (by ``close`` or its finalizer)."""
+
+    def __init__(self, lib: h.LibLlama, model_path: Path) -> None:
+        self.lib = lib
+        self.model_path = model_path
+        self.model: h.llama_model_p | None = None
+        self.ctx: h.llama_context_p | None = None
+
+    def live(self) -> h.llama_context_p:
+        """The context; :class:`~lmserv.errors.LlamaError` once freed."""
+        ctx = self.ctx
+        if ctx is None:
+            raise LlamaError(
+                f"this Llama ({str(self.model_path)!r}) is closed; create a new Llama to use it"
+            )
+        return ctx
+
+    def free(self) -> None:
+        ctx, model = self.ctx, self.model
+        self.ctx = self.model = None
+        if ctx:
+            self.lib.llama_free(ctx)
+        if model:
+            self.lib.llama_model_free(model)
+
+
+class Decoder:
+    """Generation and prompt decoding on one context (see the module docstring)."""
+
+    def __init__(
+        self,
+        lib: h.LibLlama,
+        handles: Handles,
+        *,
+        embedding: bool,
+        reuse: bool = False,
+    ) -> None:
+        self._lib = lib
+        self._reuse = reuse
+        self._live = handles.live
+        self._pieces: dict[int, bytes] = {}
+        self._embedding = embedding
+        self._vocab = h.llama_vocab_p(0)
+        self._n_vocab = self._n_ctx = 0
+        self._n_batch = 1
+        self._cached: list[int] = []  # the tokens whose KV the context holds, in order
+        self.serial = 0
+
+    def attach(self, vocab: h.llama_vocab_p, n_vocab: int, n_ctx: int, n_batch: int) -> None:
+        """Record the vocabulary and context sizes once the context exists."""
+        self._vocab, self._n_vocab, self._n_ctx, self._n_batch = vocab, n_vocab, n_ctx, n_batch
+
+    def start(self, tokens: list[int], sampling: SamplingParams, tally: Tally) -> Iterator[str]:
+        """Decode the prompt now, then return the (lazy) iterator of generated text pieces.
+
+        Problems with the prompt raise here: :class:`~lmserv.errors.ContextOverflow` when it
+        does not fit, :class:`~lmserv.errors.LlamaError` when it is empty or decoding fails.
+        """
+        ctx = self._live()
+        if not tokens:
+            raise LlamaError("the prompt is empty (no tokens); give some text to continue")
+        if len(tokens) > self._n_ctx:
+            raise ContextOverflow(
+                f"the prompt has {len(tokens)} tokens but the context holds {self._n_ctx}; "
+                "shorten the prompt or create the Llama with a larger n_ctx"
+            )
+        self.serial += 1
+        sampler = self._make_sampler(sampling)
+        started = time.perf_counter()
+        try:
+            if self._embedding:
+                self._lib.llama_set_embeddings(ctx, False)
+            tally.cached_tokens = self.decode_prompt(ctx, tokens, reuse=self._reuse)
+        except BaseException:
+            if sampler:
+                self._lib.llama_sampler_free(sampler)
+            raise
+        tally.prompt_tokens = len(tokens)
+        tally.prompt_ms = (time.perf_counter() - started) * 1000.0
+        return self._generation(ctx, sampler, sampling, self.serial, tally)
+
+    def _generation(
+        self,
+        ctx: h.llama_context_p,
+        sampler: h.llama_sampler_p | None,
+        sampling: SamplingParams,
+        serial: int,
+        tally: Tally,
+    ) -> Iterator[str]:
+        lib = self._lib
+        decode, is_eog = lib.llama_decode, lib.llama_vocab_is_eog
+        vocab, n_ctx, piece_of = self._vocab, self._n_ctx, self.piece
+        pick = self._picker(ctx, sampler)
+        limit = sampling.max_tokens
+        one = (ctypes.c_int32 * 1)()
+        batch = lib.llama_batch_get_one(one, 1)
+        assembler = PieceAssembler(sampling.stop)
+        produced = 0
+        n_past = tally.prompt_tokens
+        cached = self._cached
+        started = time.perf_counter()
+        try:
+            while limit is None or produced < limit:
+                if serial != self.serial:  # the context now holds another generation
+                    raise interrupted()
+                token = pick()
+                if is_eog(vocab, token) and not sampling.ignore_eos:
+                    tally.stop_type = "eos"
+                    break
+                produced += 1
+                tally.completion_tokens = produced
+                text = assembler.feed(piece_of(token))
+                if text:
+                    yield text
+                if assembler.stopped:
+                    tally.stop_type = "word"
+                    break
+                if produced == limit or n_past >= n_ctx:
+                    break
+                if serial != self.serial:  # checked after each yield: ctx may be gone
+                    raise interrupted()
+                one[0] = token
+                rc = decode(ctx, batch)
+                if rc != 0:
+                    self._decode_failed(rc, n_past)
+                cached.append(token)
+                n_past += 1
+            tail = assembler.finish()
+            if tail:
+                yield tail
+        finally:
+            tally.predicted_ms = (time.perf_counter() - started) * 1000.0
+            if sampler:
+                lib.llama_sampler_free(sampler)
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of ``token`` as generated text (control tokens give ``b""``), cached."""
+        cached = self._pieces.get(token)
+        if cached is not None:
+            return cached
+        buf = ctypes.create_string_buffer(64)
+        n = self._lib.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+        piece = buf.raw[: max(n, 0)]
+        self._pieces[token] = piece
+        return piece
+
+    def _picker(
+        self, ctx: h.llama_context_p, sampler: h.llama_sampler_p | None
+    ) -> Callable[[], int]:
+        """The function that chooses the next token from the last decode's logits."""
+        if sampler is not None:
+            sample = self._lib.llama_sampler_sample
+            return lambda: int(sample(sampler, ctx, -1))
+        # Greedy: an argmax over the logits in numpy is ~10x cheaper per token than llama.cpp's
+        # greedy sampler, which first copies every logit into a candidates array. Both pick the
+        # first maximum.
+        import numpy as np
+
+        logits_of, as_array = self._lib.llama_get_logits_ith, np.ctypeslib.as_array
+        shape = (self._n_vocab,)
+
+        def argmax() -> int:
+            logits = logits_of(ctx, -1)
+            if not logits:  # pragma: no cover - only after a failed decode
+                raise LlamaError("llama.cpp produced no logits for the last token")
+            return int(as_array(logits, shape=shape).argmax())
+
+        return argmax
+
+    def _make_sampler(self, s: SamplingParams) -> h.llama_sampler_p | None:
+        """A sampler chain for ``s``, or ``None`` for greedy (see :meth:`_picker`)."""
+        if s.temperature <= 0:
+            return None
+        lib = self._lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if not chain:  # pragma: no cover - allocation failure
+            raise LlamaError("llama_sampler_chain_init failed")
+        parts: list[h.llama_sampler_p | None] = []
+        if s.top_k > 0:
+            parts.append(lib.llama_sampler_init_top_k(s.top_k))
+        if s.top_p < 1.0:
+            parts.append(lib.llama_sampler_init_top_p(s.top_p, 1))
+        if s.min_p > 0.0:
+            parts.append(lib.llama_sampler_init_min_p(s.min_p, 1))
+        parts.append(lib.llama_sampler_init_temp(s.temperature))
+        seed = h.LLAMA_DEFAULT_SEED if s.seed is None else s.seed
+        parts.append(lib.llama_sampler_init_dist(seed))
+        for part in parts:
+            if part:
+                lib.llama_sampler_chain_add(chain, part)  # the chain owns it now
+        if not all(parts):  # pragma: no cover - allocation failure
+            lib.llama_sampler_free(chain)
+            raise LlamaError("could not create a sampler")
+        return chain
+
+    def decode_prompt(
+        self,
+        ctx: h.llama_context_p,
+        tokens: list[int],
+        *,
+        all_outputs: bool = False,
+        reuse: bool = False,
+    ) -> int:
+        """Decode ``tokens`` from position 0 in ``n_batch`` chunks; return how many were reused.
+
+        With ``reuse``, the longest common prefix with what the context already holds (the
+        previous prompt and its output) stays in the KV cache and only the rest is decoded --
+        always at least the last token, whose logits are needed. Otherwise the context is
+        cleared first. Only the last token's logits are kept, unless ``all_outputs``
+        (embeddings need a vector for every token).
+        """
+        lib = self._lib
+        memory = lib.llama_get_memory(ctx)
+        keep = 0
+        if reuse and memory:
+            keep = min(_common_prefix(self._cached, tokens), len(tokens) - 1)
+            if keep > 0 and not lib.llama_memory_seq_rm(memory, 0, keep, -1):
+                keep = 0  # e.g. a recurrent model cannot drop a partial sequence
+        if keep == 0 and memory:
+            lib.llama_memory_clear(memory, False)
+        self._cached = tokens[:keep]
+        arr = (ctypes.c_int32 * len(tokens))(*tokens)
+        step = self._n_batch
+        for start in range(keep, len(tokens), step):
+            count = min(step, len(tokens) - start)
+            chunk = (ctypes.c_int32 * count).from_buffer(arr, start * ctypes.sizeof(ctypes.c_int32))
+            batch = lib.llama_batch_get_one(chunk, count)
+            flags = (ctypes.c_int8 * count)(*([1] * count)) if all_outputs else None
+            if flags is not None:
+                batch.logits = ctypes.cast(flags, ctypes.POINTER(ctypes.c_int8))
+            rc = lib.llama_decode(ctx, batch)
+            if rc != 0:
+                self._decode_failed(rc, start)
+            self._cached += tokens[start : start + count]
+        return keep
+
+    def forget(self) -> None:
+        """Never reuse what the context holds now (e.g. after an embedding pass)."""
+        self._cached = [h.LLAMA_TOKEN_NULL]
+
+    def _decode_failed(self, rc: int, n_past: int) -> None:
+        if rc != 1:  # the memory may hold part of the batch: never reuse it
+            self.forget()
+        if rc == 1:
+            raise ContextOverflow(
+                f"no room left in the context ({self._n_ctx} tokens, {n_past} used); "
+                "create the Llama with a larger n_ctx"
+            )
+        raise LlamaError(f"llama_decode failed with code {rc} at position {n_past}")

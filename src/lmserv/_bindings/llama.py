@@ -1,0 +1,545 @@
+"""A GGUF model running inside this Python process: :class:`Llama`.
+
+>>> with Llama("model.gguf", n_ctx=2048) as llm:                      # doctest: +SKIP
+...     print(llm.generate("The capital of France is", max_tokens=16, temperature=0))
+...     for piece in llm.stream("Once upon a time", seed=1):
+...         print(piece, end="", flush=True)
+
+The C library is loaded on the first ``Llama(...)``; nothing happens at ``import lmserv``. One
+``Llama`` owns one model and one context: it is not thread-safe (use one per thread, or a lock),
+and starting a new generation invalidates a ``stream`` still open on the same object.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import os
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from types import TracebackType
+
+from lmserv._bindings import _lib
+from lmserv._bindings import _llama_h as h
+from lmserv._bindings._chat import apply_chat_template, builtin_chat_templates
+from lmserv._bindings._generate import Decoder, Handles, Tally
+from lmserv._bindings.params import GpuLayers, LlamaParams, SamplingParams, default_threads
+from lmserv._types import Completion, Timings
+from lmserv.errors import ConfigError, ContextOverflow, InvalidModelFile, LlamaError
+
+__all__ = ["Llama"]
+
+log = logging.getLogger(__name__)
+
+_GGUF_MAGIC = b"GGUF"
+
+
+def _check_model_file(path: Path) -> None:
+    """Refuse anything that is not a readable GGUF file before handing it to C."""
+    if not path.exists():
+        raise InvalidModelFile(
+            f"model file {str(path)!r} does not exist; pass the path of a .gguf file"
+        )
+    if not path.is_file():
+        raise InvalidModelFile(f"model path {str(path)!r} is not a file; pass a .gguf file")
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise InvalidModelFile(f"cannot read model file {str(path)!r}: {exc}") from exc
+    if magic != _GGUF_MAGIC:
+        raise InvalidModelFile(
+            f"{str(path)!r} is not a GGUF model (it starts with {magic!r}, not {_GGUF_MAGIC!r}); "
+            "convert it with llama.cpp's convert_hf_to_gguf.py or download a .gguf file"
+        )
+
+
+def _read_string(fill: Callable[[h.CharBuffer, int], int]) -> str | None:
+    """Call a llama.cpp "write a string into buf" function, growing the buffer if needed."""
+    size = 256
+    for _ in range(2):
+        buf = ctypes.create_string_buffer(size)
+        n = fill(buf, size)
+        if n < 0:
+            return None
+        if n < size:
+            return buf.raw[:n].decode("utf-8", "replace")
+        size = n + 1
+    return None  # pragma: no cover - the string kept growing
+
+
+def _explain(problems: list[str]) -> str:
+    return ("; llama.cpp said: " + " | ".join(problems[-4:])) if problems else ""
+
+
+class Llama:
+    """A model loaded from a GGUF file, with one context of ``n_ctx`` tokens.
+
+    Arguments:
+        model_path: the ``.gguf`` file.
+        n_ctx: context window in tokens (prompt plus generated text); 0 uses the model's
+            training context.
+        n_gpu_layers: ``"auto"`` (llama.cpp's default: every layer on the GPUs present, CPU
+            when there are none), ``"all"``, or a number of layers (0 = CPU only).
+        n_threads: CPU threads; ``None`` uses every CPU this process may run on.
+        embedding: prepare the context for :meth:`embed`.
+        seed: default sampling seed for every call; ``None`` draws a fresh one each call.
+        params: everything else (batch sizes, mmap, flash attention, chat template, …).
+
+    Raises :class:`~lmserv.errors.InvalidModelFile` (missing, unreadable or not a model llama.cpp
+    can load), :class:`~lmserv.errors.ConfigError` (a bad argument),
+    :class:`~lmserv.errors.LlamaError` (the context could not be created), and
+    :class:`~lmserv.errors.BinaryNotFound` / :class:`~lmserv.errors.LibraryMismatch` when
+    ``libllama`` is missing or unusable.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        *,
+        n_ctx: int = 4096,
+        n_gpu_layers: GpuLayers = "auto",
+        n_threads: int | None = None,
+        embedding: bool = False,
+        seed: int | None = None,
+        params: LlamaParams | None = None,
+    ) -> None:
+        self._params = params or LlamaParams()
+        if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 0:
+            raise ConfigError(f"n_ctx={n_ctx!r} must be an int >= 0 (0 = the model's own)")
+        if n_threads is not None and n_threads < 1:
+            raise ConfigError(f"n_threads={n_threads} must be at least 1 (or None: all CPUs)")
+        self._seed = SamplingParams(seed=seed).seed
+        self._embedding = embedding
+        self._model_path = Path(model_path).expanduser()
+        _check_model_file(self._model_path)
+
+        loaded = _lib.load()
+        self._lib = lib = loaded.lib
+        self._router = loaded.log_router
+        # Nothing in _handles or _decoder refers back to this object, so dropping the last
+        # reference to a Llama frees its C memory at once (through the finalizer).
+        self._handles = Handles(lib, self._model_path)
+        self._finalizer = weakref.finalize(self, self._handles.free)
+        self._decoder = Decoder(
+            lib, self._handles, embedding=embedding, reuse=self._params.reuse_prompt
+        )
+
+        mparams = lib.llama_model_default_params()
+        self._params.model_params(mparams, n_gpu_layers)
+        mark = self._router.mark()
+        model = lib.llama_model_load_from_file(os.fsencode(self._model_path), mparams)
+        if not model:
+            raise InvalidModelFile(
+                f"llama.cpp could not load {str(self._model_path)!r} (a truncated file, or an "
+                "architecture this llama.cpp does not know)"
+                + _explain(self._router.problems_since(mark))
+            )
+        self._handles.model = model
+
+        cparams = lib.llama_context_default_params()
+        self._params.context_params(
+            cparams,
+            n_ctx=n_ctx,
+            n_threads=n_threads or default_threads(),
+            embedding=embedding,
+        )
+        mark = self._router.mark()
+        ctx = lib.llama_init_from_model(model, cparams)
+        if not ctx:
+            self.close()
+            raise LlamaError(
+                f"could not create a context of n_ctx={n_ctx} for {str(self._model_path)!r} "
+                "(out of memory? try a smaller n_ctx or fewer n_gpu_layers)"
+                + _explain(self._router.problems_since(mark))
+            )
+        self._handles.ctx = ctx
+        vocab = lib.llama_model_get_vocab(model)
+        if not vocab:  # pragma: no cover - every loaded model has a vocabulary
+            self.close()
+            raise LlamaError(f"{str(self._model_path)!r} has no vocabulary")
+        self._vocab = vocab
+        self._model = model
+        self._ctx = ctx
+        self._n_ctx = lib.llama_n_ctx(ctx)
+        self._n_batch = lib.llama_n_batch(ctx)
+        self._n_ubatch = lib.llama_n_ubatch(ctx)
+        self._n_vocab = lib.llama_vocab_n_tokens(vocab)
+        self._n_embd = lib.llama_model_n_embd_out(model)
+        self._decoder.attach(vocab, self._n_vocab, self._n_ctx, self._n_batch)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the context and the model. Safe to call more than once."""
+        self._decoder.serial += 1  # invalidates open streams
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run."""
+        return not self._finalizer.alive
+
+    def __enter__(self) -> Llama:
+        self._live()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"n_ctx={self._n_ctx}"
+        return f"Llama({str(self._model_path)!r}, {state})"
+
+    def _live(self) -> h.llama_context_p:
+        return self._handles.live()
+
+    # -- facts ---------------------------------------------------------------------------------
+
+    @property
+    def model_path(self) -> Path:
+        """The GGUF file this model came from."""
+        return self._model_path
+
+    @property
+    def n_ctx(self) -> int:
+        """The context size llama.cpp actually allocated (it may round what was asked)."""
+        return self._n_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        """Number of tokens in the vocabulary."""
+        return self._n_vocab
+
+    @property
+    def n_embd(self) -> int:
+        """Length of the vectors :meth:`embed` returns."""
+        return self._n_embd
+
+    @property
+    def n_ctx_train(self) -> int:
+        """The context length the model was trained with."""
+        self._live()
+        return self._lib.llama_model_n_ctx_train(self._model)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The GGUF's scalar key/value pairs as text (arrays such as the vocabulary are left out)."""
+        self._live()
+        lib, model = self._lib, self._model
+        out: dict[str, str] = {}
+        for i in range(lib.llama_model_meta_count(model)):
+            key = _read_string(partial(lib.llama_model_meta_key_by_index, model, i))
+            value = _read_string(partial(lib.llama_model_meta_val_str_by_index, model, i))
+            if key is not None and value is not None:
+                out[key] = value
+        return out
+
+    @property
+    def chat_template(self) -> str | None:
+        """The chat template stored in the model, or ``None`` when it has none."""
+        self._live()
+        raw = self._lib.llama_model_chat_template(self._model, None)
+        return raw.decode("utf-8", "replace") if raw else None
+
+    # -- tokens --------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_bos: bool = True, *, special: bool = False) -> list[int]:
+        """Token ids of ``text``.
+
+        ``add_bos`` adds the model's start token when the model wants one; ``special`` parses
+        control-token text such as ``<|im_start|>`` into those tokens instead of plain text.
+        """
+        self._live()
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        for _ in range(2):
+            buf = (ctypes.c_int32 * capacity)()
+            n = self._lib.llama_tokenize(
+                self._vocab, data, len(data), buf, capacity, add_bos, special
+            )
+            if n >= 0:
+                return list(buf[:n])
+            if n == -(2**31):
+                break
+            capacity = -n
+        raise LlamaError(f"could not tokenize a text of {len(data)} bytes (too many tokens)")
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """The text of token ``ids`` (control tokens such as BOS render as nothing)."""
+        self._live()
+        self._check_ids(ids)
+        arr = (ctypes.c_int32 * len(ids))(*ids)
+        capacity = len(ids) * 8 + 16
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(capacity)
+            n = self._lib.llama_detokenize(self._vocab, arr, len(ids), buf, capacity, False, False)
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", "replace")
+            capacity = -n
+        raise LlamaError(f"could not detokenize {len(ids)} tokens")  # pragma: no cover
+
+    def _check_ids(self, ids: Sequence[int]) -> None:
+        bad = [t for t in ids if not 0 <= t < self._n_vocab]
+        if bad:
+            raise ConfigError(
+                f"token id(s) {bad[:5]} are outside this model's vocabulary (0..{self._n_vocab - 1})"
+            )
+
+    def _piece(self, token: int) -> bytes:
+        return self._decoder.piece(token)
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int | None = 256,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        ignore_eos: bool = False,
+    ) -> str:
+        """Continue ``prompt`` and return the generated text (without the prompt).
+
+        Stops at the model's end-of-generation token, after ``max_tokens`` tokens (``None``: no
+        limit), when the context is full, or before the first ``stop`` string (not included).
+        ``temperature <= 0`` is greedy. Raises :class:`~lmserv.errors.ContextOverflow` when the
+        prompt alone does not fit in ``n_ctx``.
+        """
+        return "".join(
+            self.stream(
+                prompt,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                min_p=min_p,
+                seed=seed,
+                stop=stop,
+                ignore_eos=ignore_eos,
+            )
+        )
+
+    def complete(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int | None = 256,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        ignore_eos: bool = False,
+    ) -> Completion:
+        """Like :meth:`generate`, returning the same :class:`~lmserv.Completion` as the client.
+
+        ``finish_reason`` is ``"stop"`` or ``"length"``; ``stop_type`` uses llama-server's words
+        (``"eos"``, ``"word"`` for a stop string, ``"limit"`` for ``max_tokens`` or a full
+        context); ``timings`` are measured here (prompt decode, then generation).
+        """
+        tally = Tally()
+        sampling = self._sampling(max_tokens, temperature, top_k, top_p, min_p, seed, stop)
+        sampling = replace(sampling, ignore_eos=ignore_eos)
+        tokens = self.tokenize(prompt, add_bos=True, special=True)
+        text = "".join(self._decoder.start(tokens, sampling, tally))
+        timings = Timings(
+            prompt_tokens=tally.prompt_tokens,
+            prompt_ms=tally.prompt_ms,
+            predicted_tokens=tally.completion_tokens,
+            predicted_ms=tally.predicted_ms,
+            cached_tokens=tally.cached_tokens,
+        )
+        return Completion(
+            text=text,
+            finish_reason="stop" if tally.stop_type in ("eos", "word") else "length",
+            stop_type=tally.stop_type,
+            prompt_tokens=tally.prompt_tokens,
+            completion_tokens=tally.completion_tokens,
+            timings=timings,
+            model=self._model_path.name,
+        )
+
+    def _sampling(
+        self,
+        max_tokens: int | None,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        min_p: float,
+        seed: int | None,
+        stop: str | Sequence[str] | None,
+    ) -> SamplingParams:
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            seed=seed if seed is not None else self._seed,
+            stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
+        )
+
+    def stream(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int | None = 256,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        ignore_eos: bool = False,
+    ) -> Iterator[str]:
+        """Like :meth:`generate`, yielding text pieces as they are produced.
+
+        Pieces are whole characters (bytes of a character split across tokens are joined first)
+        and ``"".join(pieces)`` equals what :meth:`generate` returns. Bad arguments and a prompt
+        that does not fit raise here, before the first piece.
+        """
+        sampling = self._sampling(max_tokens, temperature, top_k, top_p, min_p, seed, stop)
+        sampling = replace(sampling, ignore_eos=ignore_eos)
+        tokens = self.tokenize(prompt, add_bos=True, special=True)
+        return self._decoder.start(tokens, sampling, Tally())
+
+    # -- chat ----------------------------------------------------------------------------------
+
+    def format_chat(
+        self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
+    ) -> str:
+        """Render ``messages`` (``{"role": ..., "content": ...}``) with the chat template.
+
+        The template is ``LlamaParams.chat_template`` if set, else the model's own, else
+        ``"chatml"`` (with a logged warning). llama.cpp applies it with
+        ``llama_chat_apply_template``, which knows a fixed list of template families (no Jinja
+        engine); a template outside that list raises :class:`~lmserv.errors.LlamaError` naming
+        the built-in ones to choose from.
+        """
+        self._live()
+        template = self._params.chat_template
+        if template is None:
+            template = self.chat_template
+            if template is None:
+                log.warning("%s has no chat template; using 'chatml'", self._model_path.name)
+                template = "chatml"
+        return apply_chat_template(
+            self._lib, template, messages, add_generation_prompt, self._model_path.name
+        )
+
+    def builtin_chat_templates(self) -> list[str]:
+        """Names of the chat templates llama.cpp can apply without Jinja."""
+        return builtin_chat_templates(self._lib)
+
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        max_tokens: int | None = 256,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+    ) -> str:
+        """The assistant's reply to ``messages`` (see :meth:`format_chat` for the template)."""
+        return "".join(
+            self.chat_stream(
+                messages,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                min_p=min_p,
+                seed=seed,
+                stop=stop,
+            )
+        )
+
+    def chat_stream(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        max_tokens: int | None = 256,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+    ) -> Iterator[str]:
+        """Like :meth:`chat`, yielding the reply in pieces."""
+        return self.stream(
+            self.format_chat(messages),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            seed=seed,
+            stop=stop,
+        )
+
+    # -- embeddings ----------------------------------------------------------------------------
+
+    def embed(self, text: str, *, normalize: bool = True) -> list[float]:
+        """One vector for ``text`` (length :attr:`n_embd`), L2-normalised unless told not to.
+
+        Needs ``Llama(..., embedding=True)``. Tokens are pooled as the model says (mean when it
+        says nothing). Raises :class:`~lmserv.errors.ContextOverflow` when the text does not fit
+        in one micro-batch (``LlamaParams.n_ubatch``) or the context.
+        """
+        ctx = self._live()
+        if not self._embedding:
+            raise LlamaError("embed() needs a Llama created with embedding=True")
+        tokens = self.tokenize(text, add_bos=True, special=True)
+        if not tokens:
+            raise LlamaError("cannot embed an empty text")
+        limit = min(self._n_ctx, self._n_ubatch)
+        if len(tokens) > limit:
+            raise ContextOverflow(
+                f"the text has {len(tokens)} tokens but one embedding batch holds {limit}; "
+                "shorten it or raise n_ctx / LlamaParams(n_batch=..., n_ubatch=...)"
+            )
+        self._decoder.serial += 1
+        lib = self._lib
+        lib.llama_set_embeddings(ctx, True)
+        self._decoder.decode_prompt(ctx, tokens, all_outputs=True)
+        self._decoder.forget()
+        n_embd = self._n_embd
+        if lib.llama_pooling_type(ctx) == h.LLAMA_POOLING_TYPE_NONE:
+            rows = lib.llama_get_embeddings(ctx)
+            if not rows:  # pragma: no cover - llama.cpp always outputs them here
+                raise LlamaError("llama.cpp returned no token embeddings")
+            flat = rows[: n_embd * len(tokens)]
+            vector = [
+                sum(flat[r * n_embd + i] for r in range(len(tokens))) / len(tokens)
+                for i in range(n_embd)
+            ]
+        else:
+            pooled = lib.llama_get_embeddings_seq(ctx, 0)
+            if not pooled:  # pragma: no cover
+                raise LlamaError("llama.cpp returned no pooled embedding")
+            vector = pooled[:n_embd]
+        if normalize:
+            norm = math.sqrt(sum(v * v for v in vector))
+            if norm > 0:
+                vector = [v / norm for v in vector]
+        return vector

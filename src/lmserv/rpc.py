@@ -1,0 +1,607 @@
+"""llama.cpp RPC workers: start and supervise ``ggml-rpc-server``, check endpoints.
+
+A worker exposes the devices of one machine (its GPUs, or its CPU when it has none) to a
+``llama-server`` started elsewhere with ``--rpc host:port,...``; the model is then spread over
+the workers' devices. lmserv does not implement any of this itself: it runs llama.cpp's own
+``ggml-rpc-server`` (built by ``build_llama_cpp(..., rpc=True)`` / ``lmserv build --rpc``).
+
+Security: the RPC protocol has **no authentication and no encryption**. Anyone who can reach a
+worker's port can run code on its devices and read its memory. Keep workers on loopback (the
+default) or on a trusted private network; binding anything else logs a prominent warning.
+
+Facts about ``ggml-rpc-server`` at the pinned commit (``tools/rpc/rpc-server.cpp`` and
+``ggml/src/ggml-rpc/transport.cpp``) that shape this module:
+
+- Flags: ``-H/--host`` (an IPv4 literal: it is passed to ``inet_addr``, so no names and no
+  IPv6), ``-p/--port`` (1..65535, no ``0``), ``-c/--cache``, ``-t/--threads``,
+  ``-d/--device dev1,dev2``. An unknown flag prints the usage and exits **0**.
+- If the port cannot be bound it prints ``Failed to create server socket`` and exits **0**, so
+  "the process ended before its port accepted connections" is the failure signal, not the code.
+- It serves one client at a time (listen backlog 1); a TCP connect that is then closed is
+  harmless to it, but a client that leaves while it writes an answer kills it with SIGPIPE
+  unless SIGPIPE is ignored, which :class:`RpcWorker` arranges.
+- A ``llama-server --rpc`` whose worker is down aborts at argument parsing
+  (``Failed to connect to host:port`` and a backtrace); an unroutable host makes it wait for the
+  system's TCP connect timeout. :func:`check_endpoints` turns both into a clear error first.
+
+Example::
+
+    with RpcWorker(port=None) as a, RpcWorker(port=None) as b:
+        with LlamaServer("model.gguf", rpc=[a.endpoint, b.endpoint], n_gpu_layers="all") as srv:
+            print(srv.client().complete("one two", max_tokens=8).text)
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from lmserv import config
+from lmserv._bootstrap.finder import find_binary
+from lmserv.errors import ConfigError, WorkerError
+
+__all__ = [
+    "DEFAULT_RPC_PORT",
+    "SECURITY_WARNING",
+    "RpcWorker",
+    "check_endpoints",
+    "is_loopback",
+    "parse_endpoint",
+    "probe_endpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RPC_PORT = 50052
+RPC_BINARY = "ggml-rpc-server"
+
+SECURITY_WARNING = (
+    "the llama.cpp RPC protocol has NO authentication and NO encryption: anyone who can reach "
+    "{endpoint} can use this machine's devices and read their memory. Run workers only on a "
+    "trusted private network (or keep the default 127.0.0.1 and tunnel over SSH)."
+)
+
+_START_TIMEOUT = 30.0
+_STOP_GRACE = 5.0
+_PORT_RETRIES = 3
+_LOG_KEEP = 20  # old worker logs kept in the logs folder
+
+
+# --------------------------------------------------------------------------------------------
+# Endpoints
+# --------------------------------------------------------------------------------------------
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """Split ``"host:port"`` into ``(host, port)``, as llama.cpp's ``--rpc`` reads it.
+
+    llama.cpp splits at the *first* ``:`` and resolves the host with ``gethostbyname``, so a host
+    is an IPv4 address or a name, never an IPv6 literal. Raises :class:`ConfigError` (a
+    ``ValueError``) quoting the bad value and the accepted form.
+
+    >>> parse_endpoint("192.168.1.10:50052")
+    ('192.168.1.10', 50052)
+    >>> parse_endpoint(" gpu-box-2:50053 ")
+    ('gpu-box-2', 50053)
+    """
+    if not isinstance(endpoint, str):
+        raise ConfigError(
+            f"RPC endpoint {endpoint!r} is not a string; use 'host:port', e.g. '192.168.1.10:50052'"
+        )
+    text = endpoint.strip()
+    form = "use 'host:port' with an IPv4 address or host name, e.g. '192.168.1.10:50052'"
+    if "," in text:
+        raise ConfigError(
+            f"RPC endpoint {endpoint!r} holds several endpoints; pass one 'host:port' per list "
+            "item, e.g. rpc=['10.0.0.2:50052', '10.0.0.3:50052']"
+        )
+    if text.count(":") != 1:
+        why = (
+            "has no ':port'" if ":" not in text else "has more than one ':' (IPv6 is not supported)"
+        )
+        raise ConfigError(f"RPC endpoint {endpoint!r} {why}; {form}")
+    host, _, port_text = text.partition(":")
+    if not host or any(c.isspace() or c in ",/[]" for c in host):
+        raise ConfigError(f"RPC endpoint {endpoint!r} has a bad host {host!r}; {form}")
+    if not port_text.isdigit():
+        raise ConfigError(f"RPC endpoint {endpoint!r} has a bad port {port_text!r}; {form}")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"RPC endpoint {endpoint!r}: port {port} is outside 1..65535; {form}")
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine (``127.x``, ``::1``, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# How to probe a worker without harming it. ggml-rpc-server serves one client at a time
+# (listen backlog 1) and writes with plain send(): a client that sends a request and leaves
+# before the answer kills the worker with SIGPIPE when the answer is written (seen at the pinned
+# commit: a queued probe that timed out and closed took the worker down later). So the probe
+# sends nothing: it connects and half-closes. A free worker accepts, reads end-of-stream where
+# it expects the HELLO command, and closes without writing; the probe sees that close. A busy
+# worker leaves the connection queued, so no close arrives within the timeout; when it gets to
+# the connection later, it reads end-of-stream and drops it, again without writing.
+
+
+def _probe(sock: socket.socket) -> None:
+    sock.shutdown(socket.SHUT_WR)
+    try:
+        data = sock.recv(64)
+    except ConnectionResetError:
+        return  # closed by the worker, abortively: it was free
+    if data:
+        raise ValueError(f"it sent {len(data)} bytes unasked, which ggml-rpc-server never does")
+
+
+def probe_endpoint(endpoint: str, *, timeout: float = 2.0) -> None:
+    """Check that a ``ggml-rpc-server`` at ``endpoint`` is free to serve now.
+
+    Connects, half-closes and waits up to ``timeout`` seconds for the worker to close the
+    connection, which is what a free worker does with a client that sends nothing; it never
+    sends anything itself (see the comment above for why). Raises :class:`WorkerError` naming
+    the worker when nothing accepts the connection, when the connection stays unanswered (a
+    worker serves one client at a time, so it is busy with another ``llama-server``, or the
+    port is another program's), or when the other side sends data (not a ``ggml-rpc-server``).
+    """
+    host, port = parse_endpoint(endpoint)
+    name = f"{host}:{port}"
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        what = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise WorkerError(
+            f"RPC worker {name} is not reachable ({what}, timeout {timeout:g}s). Start it "
+            f"on that machine with `lmserv worker --host <its address> --port {port}` (or "
+            "RpcWorker), check the address and any firewall, or remove it from rpc=[...].",
+            endpoint=name,
+        ) from exc
+    with sock:
+        try:
+            _probe(sock)
+        except TimeoutError as exc:
+            raise WorkerError(
+                f"RPC worker {name} accepted the connection but did not take it up within "
+                f"{timeout:g}s. A worker serves one client at a time: it is probably in use by "
+                "another llama-server (stop that one, or start another worker); or the port "
+                "belongs to a program that is not ggml-rpc-server.",
+                endpoint=name,
+            ) from exc
+        except (OSError, ValueError) as exc:
+            raise WorkerError(
+                f"RPC worker {name} does not behave like ggml-rpc-server ({exc}); check that "
+                "the port is the worker's.",
+                endpoint=name,
+            ) from exc
+
+
+def check_endpoints(endpoints: Iterable[str], *, timeout: float = 2.0) -> list[str]:
+    """Validate and probe every RPC endpoint; return them normalised as ``"host:port"``.
+
+    Raises :class:`ConfigError` for a malformed or repeated endpoint and :class:`WorkerError`
+    naming the first worker that does not answer within ``timeout`` seconds (see
+    :func:`probe_endpoint`).
+    """
+    normalised: list[str] = []
+    for endpoint in endpoints:
+        host, port = parse_endpoint(endpoint)
+        text = f"{host}:{port}"
+        if text in normalised:
+            raise ConfigError(
+                f"RPC endpoint {text!r} is listed twice; each worker may appear only once"
+            )
+        normalised.append(text)
+    for text in normalised:
+        probe_endpoint(text, timeout=timeout)
+    return normalised
+
+
+# --------------------------------------------------------------------------------------------
+# Process helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to SIGTERM the child when this process dies (no orphans)."""
+    if (
+        not sys.platform.startswith("linux")
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        # The signal fires when the *thread* that forked exits: from a worker thread it would
+        # stop the worker with that thread, so rely on the atexit handler there instead.
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # even if the parent did not ignore it
+        prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        # The parent may have died between fork and prctl: then nobody would signal us.
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _bind_problem(host: str, port: int | None) -> str | None:
+    """Why ``ggml-rpc-server`` could not bind ``host:port`` (``port=None``: any port), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Same option as ggml-rpc-server, so a port in TIME_WAIT counts as free as it does for it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port or 0))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    "the port is already in use (another worker?). Stop that process, or choose "
+                    "another port (port=None picks a free one)"
+                )
+            return (
+                f"the address cannot be bound ({exc.strerror or exc}); use 127.0.0.1, 0.0.0.0 "
+                "or one of this machine's own IPv4 addresses"
+            )
+    return None
+
+
+def _connect_host(host: str) -> str:
+    """Where to connect to reach a server bound to ``host`` (a wildcard bind is reached locally)."""
+    return "127.0.0.1" if host == "0.0.0.0" else host
+
+
+def _read_tail(path: Path, lines: int) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 64 * 1024))
+            data = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(deque(data.splitlines(), maxlen=lines))
+
+
+# --------------------------------------------------------------------------------------------
+# RpcWorker
+# --------------------------------------------------------------------------------------------
+
+# Workers still running when the interpreter exits are stopped: the safety net where the
+# parent-death signal does not exist (macOS, Windows) or the caller forgot ``stop()``.
+_LIVE: weakref.WeakSet[RpcWorker] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for worker in list(_LIVE):
+        with contextlib.suppress(Exception):
+            worker.stop(grace=2.0)
+
+
+class RpcWorker:
+    """One supervised ``ggml-rpc-server`` process.
+
+    ``host`` must be an IPv4 address (``ggml-rpc-server`` does not resolve names); the default
+    ``127.0.0.1`` is only reachable from this machine. ``port=None`` picks a free port (retried if
+    another process takes it first). ``cache`` enables the worker's local tensor cache
+    (``$LLAMA_CACHE/rpc`` or ``~/.cache/llama.cpp/rpc``), which makes later loads of the same
+    model much faster. ``threads`` sets its CPU threads; ``device`` restricts the exposed devices
+    (e.g. ``"CUDA0"`` or ``["CUDA0", "CUDA1"]``). ``binary`` overrides where ``ggml-rpc-server``
+    is found. ``log_path`` receives the worker's stdout and stderr (default: a new file in
+    lmserv's cache folder, ``logs/rpc-worker-*.log``, of which the newest 20 are kept).
+
+    ``start()`` returns once the port accepts TCP connections and raises :class:`WorkerError`
+    (with ``returncode`` and ``log_tail``) as soon as the process exits instead; ``stop()`` sends
+    SIGTERM, then SIGKILL after a grace period. On Linux the worker also gets SIGTERM if the
+    Python process dies. Bad arguments raise :class:`ConfigError` at construction.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = DEFAULT_RPC_PORT,
+        *,
+        cache: bool = False,
+        threads: int | None = None,
+        device: str | Sequence[str] | None = None,
+        binary: str | os.PathLike[str] | None = None,
+        log_path: str | os.PathLike[str] | None = None,
+        start_timeout: float = _START_TIMEOUT,
+    ) -> None:
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ConfigError(
+                f"RPC worker host {host!r} is not an IPv4 address; ggml-rpc-server binds only IPv4 "
+                "literals: use '127.0.0.1' (this machine only), this machine's LAN address, or "
+                "'0.0.0.0' (all interfaces)"
+            ) from None
+        if port is not None and (isinstance(port, bool) or not 1 <= int(port) <= 65535):
+            raise ConfigError(
+                f"RPC worker port {port!r} is outside 1..65535; pass a port such as "
+                f"{DEFAULT_RPC_PORT}, or port=None for a free one"
+            )
+        if threads is not None and (isinstance(threads, bool) or int(threads) < 1):
+            raise ConfigError(f"RPC worker threads={threads!r} must be a positive integer")
+        devices = [device] if isinstance(device, str) else list(device or [])
+        for name in devices:
+            if not name or any(c.isspace() or c in ",/" for c in name):
+                raise ConfigError(
+                    f"RPC worker device {name!r} is not a device name; use names such as 'CUDA0' "
+                    "(list them with `llama-server --list-devices`)"
+                )
+        self.host = host
+        self._requested_port = None if port is None else int(port)
+        self._port = self._requested_port
+        self.cache = cache
+        self.threads = None if threads is None else int(threads)
+        self.devices = tuple(devices)
+        self._binary = Path(binary) if binary is not None else None
+        self._log_path_arg = Path(log_path) if log_path is not None else None
+        self.log_path: Path | None = self._log_path_arg
+        self.start_timeout = start_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    # -- description -------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int | None:
+        """The port in use (chosen at ``start()`` when ``port=None`` was given)."""
+        return self._port
+
+    @property
+    def endpoint(self) -> str:
+        """``"host:port"`` for ``--rpc`` / ``LlamaServer(rpc=[...])``; a wildcard host is
+        reported as ``127.0.0.1`` (other machines must use this machine's address)."""
+        if self._port is None:
+            raise WorkerError("RpcWorker.endpoint: the worker was given port=None and not started")
+        return f"{_connect_host(self.host)}:{self._port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode if self._proc is not None else None
+
+    def command(self, port: int | None = None) -> list[str]:
+        """The argument list that starts this worker (no shell involved)."""
+        binary = self._binary if self._binary is not None else find_binary(RPC_BINARY)
+        port = port if port is not None else self._port
+        args = [str(binary), "--host", self.host, "--port", str(port or DEFAULT_RPC_PORT)]
+        if self.threads is not None:
+            args += ["--threads", str(self.threads)]
+        if self.devices:
+            args += ["--device", ",".join(self.devices)]
+        if self.cache:
+            args.append("--cache")
+        return args
+
+    def exposed_devices(self, timeout: float = 2.0) -> list[str]:
+        """The devices the running worker exposes, as its log lists them (``"CPU: ... (N MiB, ...)"``).
+
+        ``ggml-rpc-server`` writes that list to a buffered stdout that is flushed when its first
+        client connects (the readiness probe does), so this waits up to ``timeout`` seconds for
+        it; ``[]`` if it never appears.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_tail(200)
+            lines = text.splitlines()
+            if "Devices:" in lines and any(line.strip().startswith("transport") for line in lines):
+                start = lines.index("Devices:") + 1
+                found = []
+                for line in lines[start:]:
+                    if line.strip().startswith("transport") or not line.startswith("  "):
+                        break
+                    found.append(line.strip())
+                return found
+            if time.monotonic() > deadline or not self.running:
+                return []
+            time.sleep(0.05)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the worker's log ('' before the first start)."""
+        return _read_tail(self.log_path, lines) if self.log_path is not None else ""
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"RpcWorker(host={self.host!r}, port={self._port!r}, {state})"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> RpcWorker:
+        """Start the worker and wait until its port accepts connections; return ``self``.
+
+        Raises :class:`WorkerError` if it exits first (with its exit code and log tail), does
+        not listen within ``start_timeout``, or the requested port is already taken;
+        :class:`~lmserv.errors.BinaryNotFound` if ``ggml-rpc-server`` is not built.
+        """
+        with self._lock:
+            if self.running:
+                return self
+            if not is_loopback(self.host):
+                logger.warning(
+                    "RPC worker binding %s:%s. SECURITY WARNING: %s",
+                    self.host,
+                    self._requested_port or "(free port)",
+                    SECURITY_WARNING.format(
+                        endpoint=f"{self.host}:{self._requested_port or '<port>'}"
+                    ),
+                )
+            tries = _PORT_RETRIES if self._requested_port is None else 1
+            for attempt in range(1, tries + 1):
+                problem = _bind_problem(self.host, self._requested_port)
+                if problem is not None:
+                    where = f"{self.host}:{self._requested_port or '<free port>'}"
+                    raise WorkerError(
+                        f"cannot start RPC worker on {where}: {problem}.", endpoint=where
+                    )
+                port = self._requested_port or _free_port(self.host)
+                try:
+                    self._launch(port)
+                    return self
+                except WorkerError as exc:
+                    lost_race = "Failed to create server socket" in exc.log_tail
+                    if not (lost_race and attempt < tries):
+                        raise
+                    logger.info("RPC worker port %s was taken meanwhile; retrying", port)
+            raise AssertionError("unreachable")  # pragma: no cover
+
+    def _launch(self, port: int) -> None:
+        args = self.command(port)
+        if self._log_path_arg is not None:
+            self.log_path = self._log_path_arg
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            # Beside llama-server's logs; only the newest few are kept.
+            folder = config.cache_dir() / "logs"
+            folder.mkdir(parents=True, exist_ok=True)
+            old = sorted(folder.glob("rpc-worker-*.log"), key=lambda f: f.stat().st_mtime)
+            for stale in old[: max(0, len(old) - _LOG_KEEP)]:
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            self.log_path = folder / f"rpc-worker-{stamp}-{port}-{os.getpid()}.log"
+        logger.info("starting RPC worker: %s (log %s)", args, self.log_path)
+        with self.log_path.open("wb") as log:
+            self._proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_parent_death_signal(),
+                start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it cleanly
+                # Keep SIGPIPE ignored (Python ignores it; an ignored signal stays ignored across
+                # exec). ggml-rpc-server writes with plain send(), so a llama-server killed while
+                # the worker answers it would otherwise kill the worker too; with SIGPIPE
+                # ignored the write fails, the worker drops that client and serves the next.
+                restore_signals=False,
+            )
+        self._port = port
+        _LIVE.add(self)
+        try:
+            self._wait_ready(port)
+        except BaseException:
+            self._terminate()
+            raise
+
+    def _wait_ready(self, port: int) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + self.start_timeout
+        target = (_connect_host(self.host), port)
+        delay = 0.005
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                tail = self.log_tail()
+                raise WorkerError(
+                    f"RPC worker {self.host}:{port} exited with code {code} before accepting "
+                    f"connections. Last log lines:\n{tail or '(empty log)'}\n"
+                    f"Full log: {self.log_path}",
+                    endpoint=f"{self.host}:{port}",
+                    returncode=code,
+                    log_tail=tail,
+                )
+            try:
+                # Ready means it takes up a connection, not merely that the port is open.
+                with socket.create_connection(target, timeout=2.0) as sock:
+                    _probe(sock)
+            except (OSError, ValueError):
+                pass
+            else:
+                if self._proc.poll() is None:
+                    logger.info("RPC worker ready at %s:%s (pid %s)", self.host, port, self.pid)
+                    return
+            if time.monotonic() > deadline:
+                tail = self.log_tail()
+                raise WorkerError(
+                    f"RPC worker {self.host}:{port} did not accept connections within "
+                    f"{self.start_timeout:g}s (waiting for its TCP port to listen). Last log "
+                    f"lines:\n{tail or '(empty log)'}\nFull log: {self.log_path}",
+                    endpoint=f"{self.host}:{port}",
+                    log_tail=tail,
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the worker exits (e.g. ``lmserv worker`` in the foreground); its code."""
+        if self._proc is None:
+            raise WorkerError("RpcWorker.wait(): the worker was never started")
+        return self._proc.wait(timeout)
+
+    def stop(self, grace: float = _STOP_GRACE) -> int | None:
+        """Stop the worker: SIGTERM, then SIGKILL after ``grace`` seconds. Safe to call twice.
+
+        Returns the exit code (``None`` if it was never started).
+        """
+        with self._lock:
+            return self._terminate(grace)
+
+    def _terminate(self, grace: float = _STOP_GRACE) -> int | None:
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                logger.warning("RPC worker pid %s ignored SIGTERM; killing it", proc.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def __enter__(self) -> RpcWorker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
