@@ -2,7 +2,7 @@
 
 Public API (see README.md)::
 
-    from lmserv.install import build_llama_cpp, download_models
+    from lmserv.install import build_llama_cpp, download_file, download_models, ensure_model
     from lmserv import detect_gpus, plan_offload, load_settings
     from lmserv import LlamaServer, Client, AsyncClient
     from lmserv import RpcWorker, split_options          # several machines / GPUs
@@ -53,6 +53,14 @@ from lmserv.server import LlamaServer, ServerInfo
 
 __version__ = "0.1.0"
 
+from lmserv.install import (
+    CatalogEntry,
+    LocalModel,
+    download_file,
+    download_models,
+    ensure_model,
+)
+
 __all__ = [
     "GPU",
     "APIError",
@@ -62,6 +70,7 @@ __all__ = [
     "BadRequestError",
     "BinaryNotFound",
     "BuildError",
+    "CatalogEntry",
     "ChatCompletion",
     "ChecksumMismatch",
     "Client",
@@ -79,6 +88,7 @@ __all__ = [
     "LlamaParams",
     "LlamaServer",
     "LmservError",
+    "LocalModel",
     "ModelError",
     "ModelNotFound",
     "NotFoundError",
@@ -100,6 +110,9 @@ __all__ = [
     "__version__",
     "cuda_compute_capabilities",
     "detect_gpus",
+    "download_file",
+    "download_models",
+    "ensure_model",
     "get_settings",
     "load_settings",
     "parse_endpoint",

@@ -1,11 +1,22 @@
 """Installing what a local LLM needs: llama.cpp binaries and GGUF models.
 
->>> from lmserv.install import build_llama_cpp, download_models  # doctest: +SKIP
+>>> from lmserv.install import build_llama_cpp, download_file, download_models  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+from lmserv.install._catalog import CatalogEntry, load_catalog
+from lmserv.install._download import download_file
+from lmserv.install._models import LocalModel, download_models, ensure_model
 from lmserv.install.llama_build import LlamaBuild, build_llama_cpp
-from lmserv.install.models_fetch import download_models
 
-__all__ = ["LlamaBuild", "build_llama_cpp", "download_models"]
+__all__ = [
+    "CatalogEntry",
+    "LlamaBuild",
+    "LocalModel",
+    "build_llama_cpp",
+    "download_file",
+    "download_models",
+    "ensure_model",
+    "load_catalog",
+]
