@@ -1,4 +1,4 @@
-"""Shared fixtures: one real CPU build of llama.cpp per test session.
+"""Shared fixtures: one real CPU build of llama.cpp per test session, the counting model.
 
 The build goes to ``~/.cache/lmserv/llama.cpp`` (the sdist to ``~/.cache/lmserv/sdist``), so a
 rerun finds it and returns at once; a fresh machine builds it here, for real, in a few minutes.
@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from _helpers import llama_server_pids
 from lmserv import config
 from lmserv.install import LlamaBuild, build_llama_cpp
+from lmserv.testing import write_counting_model
 
 TEST_BUILD_DIR = Path(
     os.environ.get("LMSERV_TEST_BUILD_DIR", str(config.cache_dir() / "llama.cpp"))
@@ -37,3 +39,23 @@ def llama_build() -> Iterator[LlamaBuild]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def model_dir(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Path]:
+    """A folder for one test module's models (``client-models`` for ``test_client``, ...).
+
+    After the module, no llama-server serving a model from it may be left running.
+    """
+    name = request.module.__name__.rpartition(".")[2].removeprefix("test_")
+    folder = tmp_path_factory.mktemp(f"{name}-models")
+    yield folder
+    assert llama_server_pids(str(folder)) == [], "a llama-server outlived the test module"
+
+
+@pytest.fixture(scope="module")
+def model(model_dir: Path) -> Path:
+    """The real counting model (``lmserv.testing``), written once per test module."""
+    return write_counting_model(model_dir / "counting.gguf")

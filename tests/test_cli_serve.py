@@ -13,26 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from _helpers import llama_server_pids
 from lmserv import Client, ServerUnavailable
 from lmserv.install import LlamaBuild
 from lmserv.testing import COUNTING_CONTINUATION
 
 SRC = Path(__file__).parents[1] / "src"
-
-
-def llama_server_pids(fragment: str) -> list[int]:
-    """Pids of live llama-server processes whose command line mentions ``fragment``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                state = (entry / "stat").read_text().split(") ", 1)[1][:1]
-            except OSError:
-                continue
-            if "llama-server" in cmd and fragment in cmd and state != "Z":
-                pids.append(int(entry.name))
-    return pids
 
 
 @pytest.fixture

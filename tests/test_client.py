@@ -30,37 +30,9 @@ from lmserv.testing import (
     COUNTING_CONTINUATION,
     COUNTING_PROMPT,
     COUNTING_WORDS,
-    write_counting_model,
 )
 
 GREEDY = {"temperature": 0.0}
-
-
-def llama_server_pids(fragment: str) -> list[int]:
-    """Pids of live processes whose command line mentions ``fragment`` (from /proc)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                state = (entry / "stat").read_text().split(") ", 1)[1][:1]
-            except OSError:
-                continue
-            if "llama-server" in cmd and fragment in cmd and state != "Z":
-                pids.append(int(entry.name))
-    return pids
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    folder = tmp_path_factory.mktemp("client-models")
-    yield folder
-    assert llama_server_pids(str(folder)) == [], "a llama-server outlived the test module"
-
-
-@pytest.fixture(scope="module")
-def model(model_dir: Path) -> Path:
-    return write_counting_model(model_dir / "counting.gguf")
 
 
 @pytest.fixture(scope="module")

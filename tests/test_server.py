@@ -10,11 +10,11 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from _helpers import llama_server_pids
 from lmserv import (
     BinaryNotFound,
     LlamaServer,
@@ -24,24 +24,9 @@ from lmserv import (
     ServerUnavailable,
 )
 from lmserv.install import LlamaBuild
-from lmserv.testing import COUNTING_CONTINUATION, write_counting_model, write_synthetic_model
+from lmserv.testing import COUNTING_CONTINUATION, write_synthetic_model
 
 THREADS = ("-t", "1")
-
-
-def llama_server_pids(fragment: str) -> list[int]:
-    """Pids of live llama-server processes whose command line mentions ``fragment``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                state = (entry / "stat").read_text().split(") ", 1)[1][:1]
-            except OSError:
-                continue
-            if "llama-server" in cmd and fragment in cmd and state != "Z":
-                pids.append(int(entry.name))
-    return pids
 
 
 def wait_gone(pid: int, seconds: float = 15.0) -> bool:
@@ -51,18 +36,6 @@ def wait_gone(pid: int, seconds: float = 15.0) -> bool:
             return True
         time.sleep(0.05)
     return False
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    folder = tmp_path_factory.mktemp("server-models")
-    yield folder
-    assert llama_server_pids(str(folder)) == [], "a llama-server outlived the test module"
-
-
-@pytest.fixture(scope="module")
-def model(model_dir: Path) -> Path:
-    return write_counting_model(model_dir / "counting.gguf")
 
 
 def test_start_stop_and_log(llama_build: LlamaBuild, model: Path, tmp_path: Path) -> None:

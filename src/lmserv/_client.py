@@ -46,6 +46,8 @@ _STATUS_ERRORS: dict[int, type[APIError]] = {
 }
 
 Messages = str | Sequence[Mapping[str, Any]]
+_NATIVE = "/completion"  # llama-server's native route: prompt in, n_predict, "stop" event
+_CHAT = "/v1/chat/completions"  # the OpenAI-style route: messages in, max_tokens, [DONE]
 R = TypeVar("R", Completion, ChatCompletion)
 
 
@@ -178,14 +180,8 @@ class _EventParser(Generic[R]):
         return Completion.from_json(self.last, text=joined)
 
 
-class TextStream(Generic[R]):
-    """Text chunks of a streamed answer, as they arrive; ``result`` once it is consumed.
-
-    Iterate it (once); ``"".join(chunks)`` equals ``result.text``. Use it as a context manager
-    or call :meth:`close` to stop early and free the connection. A dropped connection raises
-    :class:`~lmserv.errors.ServerUnavailable`; an error event raises the matching
-    :class:`~lmserv.errors.APIError`.
-    """
+class _StreamBase(Generic[R]):
+    """What both stream classes share: the open response, its parser, and ``result``."""
 
     def __init__(
         self,
@@ -199,6 +195,16 @@ class TextStream(Generic[R]):
         self._base_url = base_url
         self._timeout = timeout
         self.result: R | None = None
+
+
+class TextStream(_StreamBase[R]):
+    """Text chunks of a streamed answer, as they arrive; ``result`` once it is consumed.
+
+    Iterate it (once); ``"".join(chunks)`` equals ``result.text``. Use it as a context manager
+    or call :meth:`close` to stop early and free the connection. A dropped connection raises
+    :class:`~lmserv.errors.ServerUnavailable`; an error event raises the matching
+    :class:`~lmserv.errors.APIError`.
+    """
 
     def __iter__(self) -> Iterator[str]:
         try:
@@ -223,21 +229,8 @@ class TextStream(Generic[R]):
         self.close()
 
 
-class AsyncTextStream(Generic[R]):
+class AsyncTextStream(_StreamBase[R]):
     """The async twin of :class:`TextStream`: ``async for chunk in stream``; ``aclose()``."""
-
-    def __init__(
-        self,
-        response: httpx.Response,
-        parser: _EventParser[R],
-        base_url: str,
-        timeout: httpx.Timeout,
-    ) -> None:
-        self._response = response
-        self._parser: _EventParser[R] = parser
-        self._base_url = base_url
-        self._timeout = timeout
-        self.result: R | None = None
 
     async def __aiter__(self) -> AsyncIterator[str]:
         try:
@@ -278,7 +271,11 @@ def _metrics(text: str) -> dict[str, float]:
 
 
 class _Base:
-    """What both clients share: URL, headers, timeouts, request bodies, response parsing."""
+    """What both clients share: URL, headers, timeouts, request bodies, response parsing.
+
+    Each endpoint's I/O-free halves live here: ``_X_request(...)`` gives the path and body,
+    ``_X_result(data)`` parses the answer; :class:`Client` and :class:`AsyncClient` only send.
+    """
 
     def __init__(
         self, base_url: str, *, api_key: str | None, timeout: float | httpx.Timeout
@@ -293,8 +290,34 @@ class _Base:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base_url!r})"
 
+    # -- plumbing -------------------------------------------------------------------------
     @staticmethod
-    def _sampling(
+    def _checked(response: httpx.Response, where: str) -> httpx.Response:
+        if response.status_code >= 400:
+            raise error_from_response(
+                response.status_code, _decode_body(response.content), where=where
+            )
+        return response
+
+    @staticmethod
+    def _retry_delay(exc: ServerUnavailable, attempt: int) -> float | None:
+        """Seconds to wait before GET try ``attempt + 1`` after ``exc``; ``None``: raise it.
+
+        Only a refused or dropped connection is retried, never a timeout or an HTTP status.
+        """
+        if (
+            attempt == _GET_ATTEMPTS - 1
+            or isinstance(exc.__cause__, httpx.TimeoutException)
+            or exc.status_code
+        ):
+            return None
+        return 0.1 * 2.0**attempt
+
+    # -- request bodies -------------------------------------------------------------------
+    @staticmethod
+    def _generate_request(
+        path: str,
+        prompt: Messages,
         max_tokens: int | None,
         temperature: float | None,
         top_k: int | None,
@@ -303,9 +326,20 @@ class _Base:
         stop: str | Sequence[str] | None,
         options: Mapping[str, Any],
         *,
-        chat: bool,
-    ) -> dict[str, Any]:
+        stream: bool = False,
+    ) -> tuple[str, dict[str, Any]]:
+        """Path and body of a generation: ``prompt`` on native ``_NATIVE``, or messages
+        on ``_CHAT`` (a ``str`` is one user turn). ``options`` go in last and win; a chat
+        stream asks for the usage chunk too, unless ``options`` set ``stream_options``.
+        """
+        chat = path == _CHAT
         body: dict[str, Any] = {}
+        if not chat:
+            body["prompt"] = prompt
+        elif isinstance(prompt, str):
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            body["messages"] = list(prompt)
         if max_tokens is not None:
             body["max_tokens" if chat else "n_predict"] = max_tokens
         for key, value in (
@@ -319,26 +353,49 @@ class _Base:
         if stop is not None:
             body["stop"] = [stop] if isinstance(stop, str) else list(stop)
         body.update(options)
-        return body
+        if stream:
+            body = {**body, "stream": True}
+            if chat:
+                body.setdefault("stream_options", {"include_usage": True})
+        return path, body
 
     @staticmethod
-    def _messages(messages: Messages) -> list[Mapping[str, Any]]:
-        if isinstance(messages, str):
-            return [{"role": "user", "content": messages}]
-        return list(messages)
+    def _completion_events() -> _EventParser[Completion]:
+        return _EventParser[Completion](False, f"POST {_NATIVE}")
 
     @staticmethod
-    def _checked(response: httpx.Response, where: str) -> httpx.Response:
-        if response.status_code >= 400:
-            raise error_from_response(
-                response.status_code, _decode_body(response.content), where=where
-            )
-        return response
+    def _chat_events() -> _EventParser[ChatCompletion]:
+        return _EventParser[ChatCompletion](True, f"POST {_CHAT}")
 
     @staticmethod
-    def _embeddings(data: Mapping[str, Any]) -> list[list[float]]:
+    def _embed_request(texts: str | Sequence[str]) -> tuple[str, dict[str, Any]]:
+        return "/v1/embeddings", {"input": [texts] if isinstance(texts, str) else list(texts)}
+
+    @staticmethod
+    def _tokenize_request(text: str, add_special: bool) -> tuple[str, dict[str, Any]]:
+        return "/tokenize", {"content": text, "add_special": add_special}
+
+    @staticmethod
+    def _detokenize_request(ids: Sequence[int]) -> tuple[str, dict[str, Any]]:
+        return "/detokenize", {"tokens": list(ids)}
+
+    # -- response parsing -----------------------------------------------------------------
+    @staticmethod
+    def _models_result(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return list(data.get("data", []))
+
+    @staticmethod
+    def _embed_result(data: Mapping[str, Any]) -> list[list[float]]:
         rows = sorted(data.get("data", []), key=lambda row: int(row.get("index", 0)))
         return [[float(x) for x in row["embedding"]] for row in rows]
+
+    @staticmethod
+    def _tokenize_result(data: Mapping[str, Any]) -> list[int]:
+        return [int(t) for t in data["tokens"]]
+
+    @staticmethod
+    def _detokenize_result(data: Mapping[str, Any]) -> str:
+        return str(data["content"])
 
 
 class Client(_Base):
@@ -373,13 +430,10 @@ class Client(_Base):
                 with _translate(self.base_url, where, self.timeout):
                     return self._checked(self._http.get(path), where)
             except ServerUnavailable as exc:
-                if (
-                    attempt == _GET_ATTEMPTS - 1
-                    or isinstance(exc.__cause__, httpx.TimeoutException)
-                    or exc.status_code
-                ):
+                delay = self._retry_delay(exc, attempt)
+                if delay is None:
                     raise
-                time.sleep(0.1 * 2**attempt)
+                time.sleep(delay)
         raise AssertionError("unreachable")
 
     def _post(self, path: str, body: Mapping[str, Any]) -> Any:
@@ -411,7 +465,7 @@ class Client(_Base):
 
     def models(self) -> list[dict[str, Any]]:
         """``GET /v1/models``: the loaded model(s), OpenAI style."""
-        return list(self._get("/v1/models").json().get("data", []))
+        return self._models_result(self._get("/v1/models").json())
 
     def metrics(self) -> dict[str, float]:
         """``GET /metrics`` parsed to ``{name: value}`` (the server needs ``--metrics``)."""
@@ -430,10 +484,10 @@ class Client(_Base):
         **options: Any,
     ) -> Completion:
         """Complete ``prompt`` on native ``POST /completion``."""
-        body = self._sampling(
-            max_tokens, temperature, top_k, top_p, seed, stop, options, chat=False
+        request = self._generate_request(
+            _NATIVE, prompt, max_tokens, temperature, top_k, top_p, seed, stop, options
         )
-        return Completion.from_json(self._post("/completion", {"prompt": prompt, **body}))
+        return Completion.from_json(self._post(*request))
 
     def stream(
         self,
@@ -448,13 +502,10 @@ class Client(_Base):
         **options: Any,
     ) -> TextStream[Completion]:
         """Like :meth:`complete`, yielding text chunks as they arrive (``.result`` at the end)."""
-        body = self._sampling(
-            max_tokens, temperature, top_k, top_p, seed, stop, options, chat=False
+        request = self._generate_request(
+            _NATIVE, prompt, max_tokens, temperature, top_k, top_p, seed, stop, options, stream=True
         )
-        body = {"prompt": prompt, **body, "stream": True}
-        return self._open_stream(
-            "/completion", body, _EventParser[Completion](False, "POST /completion")
-        )
+        return self._open_stream(*request, self._completion_events())
 
     def chat(
         self,
@@ -469,9 +520,10 @@ class Client(_Base):
         **options: Any,
     ) -> ChatCompletion:
         """Answer a conversation on ``POST /v1/chat/completions`` (a ``str`` is one user turn)."""
-        body = self._sampling(max_tokens, temperature, top_k, top_p, seed, stop, options, chat=True)
-        data = self._post("/v1/chat/completions", {"messages": self._messages(messages), **body})
-        return ChatCompletion.from_json(data)
+        request = self._generate_request(
+            _CHAT, messages, max_tokens, temperature, top_k, top_p, seed, stop, options
+        )
+        return ChatCompletion.from_json(self._post(*request))
 
     def chat_stream(
         self,
@@ -486,11 +538,10 @@ class Client(_Base):
         **options: Any,
     ) -> TextStream[ChatCompletion]:
         """Like :meth:`chat`, yielding text chunks as they arrive (``.result`` at the end)."""
-        body = self._sampling(max_tokens, temperature, top_k, top_p, seed, stop, options, chat=True)
-        body = {"messages": self._messages(messages), **body, "stream": True}
-        body.setdefault("stream_options", {"include_usage": True})
-        parser = _EventParser[ChatCompletion](True, "POST /v1/chat/completions")
-        return self._open_stream("/v1/chat/completions", body, parser)
+        request = self._generate_request(
+            _CHAT, messages, max_tokens, temperature, top_k, top_p, seed, stop, options, stream=True
+        )
+        return self._open_stream(*request, self._chat_events())
 
     def embed(self, texts: str | Sequence[str]) -> list[list[float]]:
         """One embedding per text, on ``POST /v1/embeddings``.
@@ -498,17 +549,15 @@ class Client(_Base):
         The server must run with ``--embeddings`` and a pooling type (``--pooling mean``
         for models without one); otherwise this raises the server's error.
         """
-        items = [texts] if isinstance(texts, str) else list(texts)
-        return self._embeddings(self._post("/v1/embeddings", {"input": items}))
+        return self._embed_result(self._post(*self._embed_request(texts)))
 
     def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
         """Token ids of ``text`` (``add_special`` also adds BOS as a prompt would)."""
-        data = self._post("/tokenize", {"content": text, "add_special": add_special})
-        return [int(t) for t in data["tokens"]]
+        return self._tokenize_result(self._post(*self._tokenize_request(text, add_special)))
 
     def detokenize(self, ids: Sequence[int]) -> str:
         """The text of token ``ids``."""
-        return str(self._post("/detokenize", {"tokens": list(ids)})["content"])
+        return self._detokenize_result(self._post(*self._detokenize_request(ids)))
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -547,13 +596,10 @@ class AsyncClient(_Base):
                 with _translate(self.base_url, where, self.timeout):
                     return self._checked(await self._http.get(path), where)
             except ServerUnavailable as exc:
-                if (
-                    attempt == _GET_ATTEMPTS - 1
-                    or isinstance(exc.__cause__, httpx.TimeoutException)
-                    or exc.status_code
-                ):
+                delay = self._retry_delay(exc, attempt)
+                if delay is None:
                     raise
-                await asyncio.sleep(0.1 * 2**attempt)
+                await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
     async def _post(self, path: str, body: Mapping[str, Any]) -> Any:
@@ -584,7 +630,7 @@ class AsyncClient(_Base):
 
     async def models(self) -> list[dict[str, Any]]:
         """See :meth:`Client.models`."""
-        return list((await self._get("/v1/models")).json().get("data", []))
+        return self._models_result((await self._get("/v1/models")).json())
 
     async def metrics(self) -> dict[str, float]:
         """See :meth:`Client.metrics`."""
@@ -603,10 +649,10 @@ class AsyncClient(_Base):
         **options: Any,
     ) -> Completion:
         """See :meth:`Client.complete`."""
-        body = self._sampling(
-            max_tokens, temperature, top_k, top_p, seed, stop, options, chat=False
+        request = self._generate_request(
+            _NATIVE, prompt, max_tokens, temperature, top_k, top_p, seed, stop, options
         )
-        return Completion.from_json(await self._post("/completion", {"prompt": prompt, **body}))
+        return Completion.from_json(await self._post(*request))
 
     async def stream(
         self,
@@ -621,12 +667,10 @@ class AsyncClient(_Base):
         **options: Any,
     ) -> AsyncTextStream[Completion]:
         """See :meth:`Client.stream`."""
-        body = self._sampling(
-            max_tokens, temperature, top_k, top_p, seed, stop, options, chat=False
+        request = self._generate_request(
+            _NATIVE, prompt, max_tokens, temperature, top_k, top_p, seed, stop, options, stream=True
         )
-        body = {"prompt": prompt, **body, "stream": True}
-        parser = _EventParser[Completion](False, "POST /completion")
-        return await self._open_stream("/completion", body, parser)
+        return await self._open_stream(*request, self._completion_events())
 
     async def chat(
         self,
@@ -641,11 +685,10 @@ class AsyncClient(_Base):
         **options: Any,
     ) -> ChatCompletion:
         """See :meth:`Client.chat`."""
-        body = self._sampling(max_tokens, temperature, top_k, top_p, seed, stop, options, chat=True)
-        data = await self._post(
-            "/v1/chat/completions", {"messages": self._messages(messages), **body}
+        request = self._generate_request(
+            _CHAT, messages, max_tokens, temperature, top_k, top_p, seed, stop, options
         )
-        return ChatCompletion.from_json(data)
+        return ChatCompletion.from_json(await self._post(*request))
 
     async def chat_stream(
         self,
@@ -660,25 +703,22 @@ class AsyncClient(_Base):
         **options: Any,
     ) -> AsyncTextStream[ChatCompletion]:
         """See :meth:`Client.chat_stream`."""
-        body = self._sampling(max_tokens, temperature, top_k, top_p, seed, stop, options, chat=True)
-        body = {"messages": self._messages(messages), **body, "stream": True}
-        body.setdefault("stream_options", {"include_usage": True})
-        parser = _EventParser[ChatCompletion](True, "POST /v1/chat/completions")
-        return await self._open_stream("/v1/chat/completions", body, parser)
+        request = self._generate_request(
+            _CHAT, messages, max_tokens, temperature, top_k, top_p, seed, stop, options, stream=True
+        )
+        return await self._open_stream(*request, self._chat_events())
 
     async def embed(self, texts: str | Sequence[str]) -> list[list[float]]:
         """See :meth:`Client.embed`."""
-        items = [texts] if isinstance(texts, str) else list(texts)
-        return self._embeddings(await self._post("/v1/embeddings", {"input": items}))
+        return self._embed_result(await self._post(*self._embed_request(texts)))
 
     async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
         """See :meth:`Client.tokenize`."""
-        data = await self._post("/tokenize", {"content": text, "add_special": add_special})
-        return [int(t) for t in data["tokens"]]
+        return self._tokenize_result(await self._post(*self._tokenize_request(text, add_special)))
 
     async def detokenize(self, ids: Sequence[int]) -> str:
         """See :meth:`Client.detokenize`."""
-        return str((await self._post("/detokenize", {"tokens": list(ids)}))["content"])
+        return self._detokenize_result(await self._post(*self._detokenize_request(ids)))
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
