@@ -452,7 +452,8 @@ class RpcWorker:
             # SIGTERM when Python dies (no orphans). Keep SIGPIPE ignored: ggml-rpc-server writes
             # with plain send(), so a llama-server killed while the worker answers it would
             # otherwise kill the worker too; with SIGPIPE ignored the write fails, the worker
-            # drops that client and serves the next. windows_new_group=False: as before.
+            # drops that client and serves the next. On Windows the worker has never had a
+            # process group of its own (llama-server has); windows_new_group=False keeps that.
             self._proc = spawn(
                 args,
                 log,

@@ -355,7 +355,7 @@ class LlamaServer:
         log.info("starting %s", " ".join(argv))
         with self._open_log() as out:
             try:
-                # SIGKILL when Python dies: nothing of llama-server's state is worth a clean exit.
+                # Linux: SIGKILL if Python dies (RpcWorker asks for SIGTERM); atexit covers the rest.
                 self._proc = spawn(argv, out, death_signal=signal.SIGKILL, env=self._env())
             except OSError as exc:
                 raise ServerStartError(
