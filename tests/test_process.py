@@ -149,3 +149,12 @@ def test_terminate_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
     assert code == -signal.SIGKILL
     assert warned == [proc.pid]
     assert terminate(proc, 0.5) == -signal.SIGKILL  # an exited process is left alone
+
+
+def test_prune_survives_a_file_vanishing_under_it(tmp_path: Path) -> None:
+    # A dangling link fails stat() exactly like a log another process just pruned.
+    for i in range(3):
+        (tmp_path / f"srv-{i}.log").write_text("x")
+    (tmp_path / "srv-gone.log").symlink_to(tmp_path / "already-deleted.log")
+    prune_logs(tmp_path, "srv-*.log", keep=1)
+    assert len([p for p in tmp_path.glob("srv-*.log") if p.exists()]) == 1

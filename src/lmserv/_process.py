@@ -192,7 +192,11 @@ def prune_logs(folder: Path, pattern: str, keep: int) -> None:
     Every start writes a new log, so without this the logs folder grows forever. A file that
     cannot be deleted is left (another process may be pruning too).
     """
-    old = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime)
+    stamped: list[tuple[float, Path]] = []
+    for path in folder.glob(pattern):
+        with contextlib.suppress(OSError):  # already pruned by a concurrent start
+            stamped.append((path.stat().st_mtime, path))
+    old = [path for _, path in sorted(stamped)]
     for stale in old[: max(0, len(old) - keep)]:
         with contextlib.suppress(OSError):
             stale.unlink()
