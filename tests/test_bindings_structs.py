@@ -76,13 +76,19 @@ def test_every_struct_field_named_as_in_header(llama_build: LlamaBuild) -> None:
 
 
 def test_every_declared_function_matches_header_arity(llama_build: LlamaBuild) -> None:
-    """Each declared function is in llama.h, with as many parameters as its argtypes."""
+    """Each declared function is in llama.h (``ggml_*``: ggml-backend.h), with as many
+    parameters as its argtypes."""
     assert llama_build.source_dir is not None
-    text = (llama_build.source_dir / "include" / "llama.h").read_text()
-    header = re.sub(r"//[^\n]*", "", text)  # comments hold commas and parentheses
+    root = llama_build.source_dir
+    headers = {
+        "LLAMA_API": (root / "include" / "llama.h").read_text(),
+        "GGML_API": (root / "ggml" / "include" / "ggml-backend.h").read_text(),
+    }
     for name, (argtypes, _restype) in h.declared_functions().items():
-        match = re.search(rf"LLAMA_API[^;]*?\b{name}\s*\(([^)]*)\)", header)
-        assert match is not None, f"{name} is not declared in llama.h"
+        api = "GGML_API" if name.startswith("ggml_") else "LLAMA_API"
+        header = re.sub(r"//[^\n]*", "", headers[api])  # comments hold commas and parentheses
+        match = re.search(rf"{api}[^;]*?\b{name}\s*\(([^)]*)\)", header)
+        assert match is not None, f"{name} is not declared with {api}"
         params = match.group(1).strip()
         n_params = 0 if params in ("", "void") else params.count(",") + 1
         assert n_params == len(argtypes), f"{name}: llama.h has {n_params} parameters"

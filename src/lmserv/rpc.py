@@ -42,17 +42,15 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import weakref
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from lmserv import config
 from lmserv._bootstrap.finder import find_binary
+from lmserv._process import free_port, new_log_path, read_tail, spawn, terminate
 from lmserv.errors import ConfigError, WorkerError
 
 __all__ = [
@@ -79,7 +77,6 @@ SECURITY_WARNING = (
 _START_TIMEOUT = 30.0
 _STOP_GRACE = 5.0
 _PORT_RETRIES = 3
-_LOG_KEEP = 20  # old worker logs kept in the logs folder
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,42 +220,6 @@ def check_endpoints(endpoints: Iterable[str], *, timeout: float = 2.0) -> list[s
 # --------------------------------------------------------------------------------------------
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking Linux to SIGTERM the child when this process dies (no orphans)."""
-    if (
-        not sys.platform.startswith("linux")
-        or threading.current_thread() is not threading.main_thread()
-    ):
-        # The signal fires when the *thread* that forked exits: from a worker thread it would
-        # stop the worker with that thread, so rely on the atexit handler there instead.
-        return None
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # even if the parent did not ignore it
-        prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-        # The parent may have died between fork and prctl: then nobody would signal us.
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return preexec
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _bind_problem(host: str, port: int | None) -> str | None:
     """Why ``ggml-rpc-server`` could not bind ``host:port`` (``port=None``: any port), or None."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -282,18 +243,6 @@ def _bind_problem(host: str, port: int | None) -> str | None:
 def _connect_host(host: str) -> str:
     """Where to connect to reach a server bound to ``host`` (a wildcard bind is reached locally)."""
     return "127.0.0.1" if host == "0.0.0.0" else host
-
-
-def _read_tail(path: Path, lines: int) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 64 * 1024))
-            data = fh.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(deque(data.splitlines(), maxlen=lines))
 
 
 # --------------------------------------------------------------------------------------------
@@ -442,7 +391,9 @@ class RpcWorker:
 
     def log_tail(self, lines: int = 40) -> str:
         """The last ``lines`` lines of the worker's log ('' before the first start)."""
-        return _read_tail(self.log_path, lines) if self.log_path is not None else ""
+        if self.log_path is None:
+            return ""
+        return read_tail(self.log_path, lines, max_bytes=64 * 1024)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -477,7 +428,7 @@ class RpcWorker:
                     raise WorkerError(
                         f"cannot start RPC worker on {where}: {problem}.", endpoint=where
                     )
-                port = self._requested_port or _free_port(self.host)
+                port = self._requested_port or free_port(self.host)
                 try:
                     self._launch(port)
                     return self
@@ -495,28 +446,20 @@ class RpcWorker:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
         else:
             # Beside llama-server's logs; only the newest few are kept.
-            folder = config.cache_dir() / "logs"
-            folder.mkdir(parents=True, exist_ok=True)
-            old = sorted(folder.glob("rpc-worker-*.log"), key=lambda f: f.stat().st_mtime)
-            for stale in old[: max(0, len(old) - _LOG_KEEP)]:
-                with contextlib.suppress(OSError):
-                    stale.unlink()
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            self.log_path = folder / f"rpc-worker-{stamp}-{port}-{os.getpid()}.log"
+            self.log_path = new_log_path("rpc-worker", f"{port}-{os.getpid()}")
         logger.info("starting RPC worker: %s (log %s)", args, self.log_path)
         with self.log_path.open("wb") as log:
-            self._proc = subprocess.Popen(
+            # SIGTERM when Python dies (no orphans). Keep SIGPIPE ignored: ggml-rpc-server writes
+            # with plain send(), so a llama-server killed while the worker answers it would
+            # otherwise kill the worker too; with SIGPIPE ignored the write fails, the worker
+            # drops that client and serves the next. On Windows the worker has never had a
+            # process group of its own (llama-server has); windows_new_group=False keeps that.
+            self._proc = spawn(
                 args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_parent_death_signal(),
-                start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it cleanly
-                # Keep SIGPIPE ignored (Python ignores it; an ignored signal stays ignored across
-                # exec). ggml-rpc-server writes with plain send(), so a llama-server killed while
-                # the worker answers it would otherwise kill the worker too; with SIGPIPE
-                # ignored the write fails, the worker drops that client and serves the next.
-                restore_signals=False,
+                log,
+                death_signal=signal.SIGTERM,
+                ignore_sigpipe=True,
+                windows_new_group=False,
             )
         self._port = port
         _LIVE.add(self)
@@ -583,17 +526,13 @@ class RpcWorker:
         proc = self._proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                logger.warning("RPC worker pid %s ignored SIGTERM; killing it", proc.pid)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
-        return proc.returncode
+        return terminate(
+            proc,
+            grace,
+            before_kill=lambda: logger.warning(
+                "RPC worker pid %s ignored SIGTERM; killing it", proc.pid
+            ),
+        )
 
     def __enter__(self) -> RpcWorker:
         return self.start()

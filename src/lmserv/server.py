@@ -24,11 +24,10 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -36,10 +35,10 @@ from typing import IO
 
 import httpx
 
-from lmserv import config
 from lmserv._bootstrap.finder import find_binary
 from lmserv._client import DEFAULT_TIMEOUT, Client
 from lmserv._multigpu import llama_server_args, normalize_endpoints
+from lmserv._process import new_log_path, read_tail, spawn, terminate
 from lmserv.errors import BinaryNotFound, ServerError, ServerStartError, ServerTimeout, WorkerError
 from lmserv.rpc import check_endpoints
 
@@ -53,7 +52,6 @@ _DEVICE = re.compile(r"common_param:\s+- (\S+)\s+: (.+?) \(")
 _BUFFER = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 _SLOTS = re.compile(r"n_slots = (\d+), n_ctx_slot = (\d+)")
-_LOG_KEEP = 20  # old log files kept in the logs folder
 _SERIAL = itertools.count()
 
 
@@ -151,35 +149,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _parent_death_hook() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child die with its parent (Linux only), else ``None``.
-
-    libc and the parent's pid are looked up before ``fork`` so the hook itself only calls
-    ``prctl``; the ``getppid`` check covers a parent that died before ``prctl`` ran.
-    """
-    if (
-        not sys.platform.startswith("linux")
-        or threading.current_thread() is not threading.main_thread()
-    ):
-        # PR_SET_PDEATHSIG fires when the *thread* that forked exits; from a worker thread
-        # that would kill the server with the thread, so rely on atexit there instead.
-        return None
-    import ctypes
-
-    try:
-        prctl = ctypes.CDLL(None).prctl  # libc is already loaded into Python itself
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def hook() -> None:
-        prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return hook
 
 
 class LlamaServer:
@@ -372,14 +341,7 @@ class LlamaServer:
         if self._log_path_arg is not None:
             path = self._log_path_arg
         else:
-            folder = config.cache_dir() / "logs"
-            folder.mkdir(parents=True, exist_ok=True)
-            old = sorted(folder.glob("llama-server-*.log"), key=lambda p: p.stat().st_mtime)
-            for stale in old[: max(0, len(old) - _LOG_KEEP)]:
-                with contextlib.suppress(OSError):
-                    stale.unlink()
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            path = folder / f"llama-server-{stamp}-{os.getpid()}-{next(_SERIAL)}.log"
+            path = new_log_path("llama-server", f"{os.getpid()}-{next(_SERIAL)}")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = path
         return path.open("wb")
@@ -391,26 +353,10 @@ class LlamaServer:
         self._url = None
         self._info = None
         log.info("starting %s", " ".join(argv))
-        kwargs: dict[str, object] = {}
-        if sys.platform == "win32":
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-        else:
-            kwargs["start_new_session"] = True  # Ctrl-C in a terminal reaches us, not it
-            hook = _parent_death_hook()
-            if hook is not None:
-                kwargs["preexec_fn"] = hook
-        # The log goes straight to a file: no pipe that a busy Python process could leave
-        # full, which would stall llama-server's logging and then llama-server itself.
         with self._open_log() as out:
             try:
-                self._proc = subprocess.Popen(  # an argument list, never a shell
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=self._env(),
-                    **kwargs,  # type: ignore[call-overload]
-                )
+                # Linux: SIGKILL if Python dies (RpcWorker asks for SIGTERM); atexit covers the rest.
+                self._proc = spawn(argv, out, death_signal=signal.SIGKILL, env=self._env())
             except OSError as exc:
                 raise ServerStartError(
                     f"could not run {argv[0]!r}: {exc}; check that it is an executable "
@@ -516,30 +462,20 @@ class LlamaServer:
             return None
         with contextlib.suppress(Exception):
             atexit.unregister(self._terminate)
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            try:
-                proc.wait(min(1.0, self.stop_timeout))
-            except subprocess.TimeoutExpired:
-                # Seen under load at 0c1e570 (not reproduced since): a server stopped right
-                # after start ignored its first SIGTERM. A second one makes llama-server's
-                # handler call exit(1) at once (tools/server/server.cpp, signal_handler).
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
-            try:
-                proc.wait(max(0.0, self.stop_timeout - 1.0))
-            except subprocess.TimeoutExpired:
-                log.warning(
-                    "llama-server (pid %d) ignored SIGTERM for %.0fs; killing it",
-                    proc.pid,
-                    self.stop_timeout,
-                )
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
+
+        def before_kill() -> None:
+            log.warning(
+                "llama-server (pid %d) ignored SIGTERM for %.0fs; killing it",
+                proc.pid,
+                self.stop_timeout,
+            )
+
+        # resend_after: seen under load at 0c1e570 (not reproduced since), a server stopped
+        # right after start ignored its first SIGTERM. A second one makes llama-server's
+        # handler call exit(1) at once (tools/server/server.cpp, signal_handler).
+        code = terminate(proc, self.stop_timeout, resend_after=1.0, before_kill=before_kill)
         self._url = None
-        return proc.returncode
+        return code
 
     def wait(self, timeout: float | None = None) -> int:
         """Block until the process exits (e.g. ``lmserv serve`` in the foreground)."""
@@ -551,14 +487,7 @@ class LlamaServer:
         """The last ``lines`` lines llama-server wrote (the full log is at :attr:`log_path`)."""
         if self.log_path is None:
             return ""
-        try:
-            with self.log_path.open("rb") as f:
-                size = f.seek(0, os.SEEK_END)
-                f.seek(max(0, size - 256 * lines))
-                data = f.read()
-        except OSError:
-            return ""
-        return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+        return read_tail(self.log_path, lines, max_bytes=256 * lines)
 
     def __enter__(self) -> LlamaServer:
         return self.start()

@@ -115,6 +115,7 @@ llama_vocab_p = NewType("llama_vocab_p", int)
 llama_sampler_p = NewType("llama_sampler_p", int)
 # typedef struct llama_memory_i * llama_memory_t;
 llama_memory_t = NewType("llama_memory_t", int)
+ggml_backend_dev_t = NewType("ggml_backend_dev_t", int)
 
 # typedef int32_t llama_pos; typedef int32_t llama_token; typedef int32_t llama_seq_id;
 llama_pos = c_int32
@@ -649,6 +650,25 @@ class LibLlama(Protocol):
     # void llama_sampler_free(struct llama_sampler * smpl);
     @_c([_smpl], None)
     def llama_sampler_free(self, smpl: llama_sampler_p) -> None: ...
+
+    # --- ggml-backend.h: the device registry, for ``llama_model_params.devices``. These live in
+    # libggml-base, which libllama links, so they resolve through libllama's handle.
+
+    # size_t ggml_backend_dev_count(void);
+    @_c([], c_size_t)
+    def ggml_backend_dev_count(self) -> int: ...
+
+    # ggml_backend_dev_t ggml_backend_dev_get(size_t index);
+    @_c([c_size_t], c_void_p)
+    def ggml_backend_dev_get(self, index: int) -> ggml_backend_dev_t | None: ...
+
+    # const char * ggml_backend_dev_name(ggml_backend_dev_t device);
+    @_c([c_void_p], c_char_p)
+    def ggml_backend_dev_name(self, device: ggml_backend_dev_t) -> bytes | None: ...
+
+    # ggml_backend_dev_t ggml_backend_dev_by_name(const char * name);
+    @_c([c_char_p], c_void_p)
+    def ggml_backend_dev_by_name(self, name: bytes) -> ggml_backend_dev_t | None: ...
 
     # struct llama_perf_context_data llama_perf_context(const struct llama_context * ctx);
     @_c([_ctx], llama_perf_context_data)

@@ -27,6 +27,7 @@ from lmserv._bindings import _lib
 from lmserv._bindings import _llama_h as h
 from lmserv._bindings._chat import apply_chat_template, builtin_chat_templates
 from lmserv._bindings._generate import Decoder, Handles, Tally
+from lmserv._bindings._split import apply_split, check_tensor_mode, resolve_split
 from lmserv._bindings.params import GpuLayers, LlamaParams, SamplingParams, default_threads
 from lmserv._types import Completion, Timings
 from lmserv.errors import ConfigError, ContextOverflow, InvalidModelFile, LlamaError
@@ -89,6 +90,10 @@ class Llama:
         embedding: prepare the context for :meth:`embed`.
         seed: default sampling seed for every call; ``None`` draws a fresh one each call.
         params: everything else (batch sizes, mmap, flash attention, chat template, …).
+        split_mode, tensor_split, main_gpu, devices: spreading the model over several GPUs,
+            validated exactly as for :class:`~lmserv.LlamaServer` (``"layer"``, ``"tensor"``
+            or ``"none"``; shares per device; the GPU used unsplit; device names such as
+            ``"CUDA0"``). Tensor mode turns flash attention on and refuses a quantized KV cache.
 
     Raises :class:`~lmserv.errors.InvalidModelFile` (missing, unreadable or not a model llama.cpp
     can load), :class:`~lmserv.errors.ConfigError` (a bad argument),
@@ -107,8 +112,18 @@ class Llama:
         embedding: bool = False,
         seed: int | None = None,
         params: LlamaParams | None = None,
+        split_mode: str | None = None,
+        tensor_split: str | Sequence[float] | None = None,
+        main_gpu: int | None = None,
+        devices: str | Sequence[str | int] | None = None,
     ) -> None:
         self._params = params or LlamaParams()
+        split = resolve_split(split_mode, tensor_split, main_gpu, devices)
+        flash = check_tensor_mode(
+            split, self._params.flash_attn, self._params.type_k, self._params.type_v
+        )
+        if flash != self._params.flash_attn:
+            self._params = replace(self._params, flash_attn=flash)  # type: ignore[arg-type]
         if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 0:
             raise ConfigError(f"n_ctx={n_ctx!r} must be an int >= 0 (0 = the model's own)")
         if n_threads is not None and n_threads < 1:
@@ -131,6 +146,7 @@ class Llama:
 
         mparams = lib.llama_model_default_params()
         self._params.model_params(mparams, n_gpu_layers)
+        self._split_arrays = apply_split(lib, mparams, split)  # read while the model loads
         mark = self._router.mark()
         model = lib.llama_model_load_from_file(os.fsencode(self._model_path), mparams)
         if not model:

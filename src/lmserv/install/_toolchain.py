@@ -220,26 +220,6 @@ def cuda_architectures(compute_caps: list[str], nvcc_version: tuple[int, int]) -
     return DEFAULT_CUDA_ARCHITECTURES if nvcc_version >= (12, 8) else _LEGACY_CUDA_ARCHITECTURES
 
 
-def detected_compute_caps(*, which: Which = shutil.which) -> list[str]:
-    """Compute capabilities of the GPUs on this machine, from ``nvidia-smi`` (empty if none)."""
-    smi = which("nvidia-smi")
-    if smi is None:
-        return []
-    try:
-        out = subprocess.run(
-            [smi, "--query-gpu=compute_cap", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [
-        line.strip() for line in out.stdout.splitlines() if re.fullmatch(r"\d+\.\d+", line.strip())
-    ]
-
-
 def find_nccl(cuda_root: str | None = None) -> tuple[str, str] | None:
     """``(include_dir, library_path)`` of NCCL, from the system or the ``nvidia-nccl-cu*`` wheel.
 

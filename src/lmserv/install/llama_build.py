@@ -26,6 +26,7 @@ from typing import Literal
 from filelock import FileLock
 
 from lmserv.errors import BuildError, ToolchainMissing
+from lmserv.gpu import cuda_compute_capabilities
 from lmserv.install import _source, _toolchain
 from lmserv.install._source import PINNED_COMMIT, SourceTree
 from lmserv.install._toolchain import Toolchain
@@ -354,7 +355,7 @@ def build_llama_cpp(
 
     archs = nccl = None
     if cuda_kit:
-        archs = _toolchain.cuda_architectures(_toolchain.detected_compute_caps(), cuda_kit.version)
+        archs = _toolchain.cuda_architectures(cuda_compute_capabilities(), cuda_kit.version)
         nccl = _toolchain.find_nccl(cuda_kit.root)
 
     def options_for(want_ui: bool) -> dict[str, str]:

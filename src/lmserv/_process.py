@@ -1,0 +1,216 @@
+"""Process-supervision plumbing shared by :class:`~lmserv.server.LlamaServer` and
+:class:`~lmserv.rpc.RpcWorker`.
+
+Both run a llama.cpp binary as a child that must never outlive Python, log to a file rather
+than a pipe, and stop with SIGTERM before SIGKILL. The two classes differ in details that
+matter to their binaries (which signal a dying parent sends, whether SIGPIPE stays ignored,
+how long a stop may take); those are parameters here, and each class passes its own.
+
+Everything here is private: names may change without notice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO
+
+from lmserv import config
+
+__all__ = [
+    "LOG_KEEP",
+    "free_port",
+    "new_log_path",
+    "parent_death_hook",
+    "prune_logs",
+    "read_tail",
+    "spawn",
+    "terminate",
+]
+
+LOG_KEEP = 20  # old log files of one kind kept in the logs folder
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def parent_death_hook(
+    death_signal: signal.Signals, *, ignore_sigpipe: bool = False
+) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get ``death_signal`` when Python dies, or ``None``.
+
+    Linux only (``prctl(PR_SET_PDEATHSIG)``), and only from the main thread: the signal fires
+    when the *thread* that forked exits, so from a worker thread it would take the child down
+    with that thread; callers rely on their ``atexit`` handler there instead. libc and the
+    parent's pid are looked up before ``fork``, so the hook itself only calls ``prctl``; its
+    ``getppid`` check covers a parent that died between ``fork`` and ``prctl`` (then nobody
+    would signal the child). ``ignore_sigpipe`` also sets SIGPIPE to ignored in the child, even
+    if the parent did not ignore it.
+    """
+    if (
+        not sys.platform.startswith("linux")
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None).prctl  # libc is already loaded into Python itself
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    signum = int(death_signal)
+
+    def hook() -> None:
+        if ignore_sigpipe:
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return hook
+
+
+def spawn(
+    argv: Sequence[str],
+    log: IO[bytes],
+    *,
+    death_signal: signal.Signals,
+    env: dict[str, str] | None = None,
+    ignore_sigpipe: bool = False,
+    windows_new_group: bool = True,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (an argument list, never a shell) with stdout and stderr into ``log``.
+
+    The log is a file, not a pipe: a busy Python process could leave a pipe full, which would
+    stall the child's logging and then the child itself. On POSIX the child gets its own
+    session, so Ctrl-C in a terminal reaches Python (which then stops it cleanly), not the
+    child; on Linux it also gets ``death_signal`` when Python dies (:func:`parent_death_hook`).
+    On Windows ``windows_new_group`` starts it in a new process group for the same reason.
+
+    ``ignore_sigpipe`` keeps SIGPIPE ignored in the child (Python ignores it, and an ignored
+    signal stays ignored across ``exec`` when ``restore_signals`` is off): a program that
+    writes to sockets with plain ``send()`` then sees a failed write instead of dying when a
+    client leaves. Raises ``OSError`` when the program cannot be run.
+    """
+    kwargs: dict[str, object] = {}
+    if sys.platform == "win32":
+        if windows_new_group:
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+    else:
+        kwargs["start_new_session"] = True
+        hook = parent_death_hook(death_signal, ignore_sigpipe=ignore_sigpipe)
+        if hook is not None:
+            kwargs["preexec_fn"] = hook
+    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        restore_signals=not ignore_sigpipe,
+        **kwargs,
+    )
+
+
+def terminate(
+    proc: subprocess.Popen[bytes],
+    grace: float,
+    *,
+    resend_after: float | None = None,
+    before_kill: Callable[[], None] | None = None,
+) -> int | None:
+    """Stop ``proc``: SIGTERM, then SIGKILL once ``grace`` seconds have passed; its exit code.
+
+    ``resend_after`` sends a second SIGTERM if the process still runs after that many seconds
+    (at most ``grace``), for programs whose first SIGTERM asks for a graceful stop and whose
+    second forces one. ``before_kill`` runs just before the SIGKILL (to log why). A process
+    that has already exited is left alone; one that vanishes meanwhile is not an error.
+    """
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        remaining = grace
+        if resend_after is not None:
+            try:
+                proc.wait(min(resend_after, grace))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+            remaining = max(0.0, grace - resend_after)
+        try:
+            proc.wait(remaining)
+        except subprocess.TimeoutExpired:
+            if before_kill is not None:
+                before_kill()
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def free_port(host: str) -> int:
+    """A TCP port on IPv4 ``host`` that is free now (bound to port 0, then released).
+
+    Another process may take it before the caller binds it: callers retry on that race.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def read_tail(path: Path, lines: int, *, max_bytes: int) -> str:
+    """The last ``lines`` lines of the file at ``path``, from at most its last ``max_bytes``.
+
+    Reads only the end, so a long-running child's large log costs nothing; undecodable bytes
+    are replaced. A missing or unreadable file, or ``lines <= 0``, gives ``""``: this feeds
+    error messages, which must not fail themselves.
+    """
+    if lines <= 0:
+        return ""
+    try:
+        with path.open("rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def prune_logs(folder: Path, pattern: str, keep: int) -> None:
+    """Delete the oldest files matching ``pattern`` in ``folder`` (by mtime), keeping ``keep``.
+
+    Every start writes a new log, so without this the logs folder grows forever. A file that
+    cannot be deleted is left (another process may be pruning too).
+    """
+    stamped: list[tuple[float, Path]] = []
+    for path in folder.glob(pattern):
+        with contextlib.suppress(OSError):  # already pruned by a concurrent start
+            stamped.append((path.stat().st_mtime, path))
+    old = [path for _, path in sorted(stamped)]
+    for stale in old[: max(0, len(old) - keep)]:
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
+def new_log_path(prefix: str, tag: str, *, keep: int = LOG_KEEP) -> Path:
+    """A fresh log path ``<cache>/logs/<prefix>-<YYYYmmdd-HHMMSS>-<tag>.log``.
+
+    The folder is created, and older ``<prefix>-*.log`` files are pruned to the newest
+    ``keep`` first (:func:`prune_logs`). ``tag`` (pid, port, a counter) keeps two starts in
+    the same second apart.
+    """
+    folder = config.cache_dir() / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    prune_logs(folder, f"{prefix}-*.log", keep)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return folder / f"{prefix}-{stamp}-{tag}.log"
