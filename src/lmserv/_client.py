@@ -328,9 +328,9 @@ class _Base:
         *,
         stream: bool = False,
     ) -> tuple[str, dict[str, Any]]:
-        """Path and body of a generation: ``prompt`` on native ``_NATIVE``, or messages
-        on ``_CHAT`` (a ``str`` is one user turn). ``options`` go in last and win; a chat
-        stream asks for the usage chunk too, unless ``options`` set ``stream_options``.
+        """Path and body of a generation: a prompt on ``_NATIVE`` (``/completion``), or
+        messages on ``_CHAT`` (a ``str`` is one user turn). ``options`` go in last and win;
+        a chat stream asks for the usage chunk too, unless ``options`` set ``stream_options``.
         """
         chat = path == _CHAT
         body: dict[str, Any] = {}
