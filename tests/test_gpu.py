@@ -448,3 +448,38 @@ def test_estimate_matches_llama_cpp_allocations(tmp_path: Path, llama_build: Lla
     # conservative, but not wildly so
     assert compute * MIB <= plan.compute_bytes <= 2 * compute * MIB
     assert "offloaded 0/2 layers to GPU" in log or "CPU" in log
+
+
+# --- outputs captured on real machines (see tests/data/gpu/README.md for where) -------------
+
+
+def test_captured_four_a800_machine() -> None:
+    gpus = gpu.parse_nvidia_smi_csv((DATA / "captured-nvidia-smi-4xA800.csv").read_text())
+    assert [g.index for g in gpus] == [0, 1, 2, 3]
+    assert {g.name for g in gpus} == {"NVIDIA A800-SXM4-80GB"}
+    assert all(g.total_memory == 81920 * 2**20 and g.free_memory == 81176 * 2**20 for g in gpus)
+
+
+def test_captured_loaded_rtx4070_reports_what_is_really_free() -> None:
+    (g,) = gpu.parse_nvidia_smi_csv((DATA / "captured-nvidia-smi-rtx4070-loaded.csv").read_text())
+    assert (g.total_memory, g.free_memory) == (12282 * 2**20, 631 * 2**20)
+    assert g.compute_capability is None  # not in that query: unknown, not guessed
+
+
+def test_captured_extra_columns_are_ignored() -> None:
+    (g,) = gpu.parse_nvidia_smi_csv((DATA / "captured-nvidia-smi-rtx5070ti.csv").read_text())
+    assert g.name == "NVIDIA GeForce RTX 5070 Ti"
+    assert g.free_memory == 14109 * 2**20
+
+
+def test_captured_unified_memory_gpu_without_sizes_is_left_out_not_a_crash() -> None:
+    text = (DATA / "captured-nvidia-smi-gb10-unified.csv").read_text()
+    assert gpu.parse_nvidia_smi_csv(text) == []
+
+
+def test_plan_over_captured_a800s_splits_evenly(tmp_path: Path) -> None:
+    gpus = gpu.parse_nvidia_smi_csv((DATA / "captured-nvidia-smi-4xA800.csv").read_text())
+    model = write_llama_gguf(tmp_path / "m.gguf")
+    plan = plan_offload(model, gpus, ctx_size=2048, parallel=1)
+    assert len(plan.tensor_split) == 4
+    assert max(plan.tensor_split) - min(plan.tensor_split) <= 1

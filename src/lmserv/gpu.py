@@ -172,21 +172,24 @@ def parse_nvidia_smi_csv(text: str) -> list[GPU]:
     if not rows:
         return []
     fields = list(NVIDIA_SMI_FIELDS)
-    if rows[0] and rows[0][0].strip() == "index":  # the header: "memory.total [MiB]", ...
-        fields = [col.split(" [")[0].strip() for col in rows[0]]
+    header = [col.split(" [")[0].strip() for col in rows[0]]
+    if "memory.total" in header:  # a header line ("memory.total [MiB]", ...), in any order
+        fields = header
         rows = rows[1:]
     elif rows and len(rows[0]) == len(fields) - 1:
         fields.remove("compute_cap")
     gpus: list[GPU] = []
-    for row in rows:
+    for position, row in enumerate(rows):
         if len(row) != len(fields):
             log.debug("skipping nvidia-smi row %r (expected %d fields)", row, len(fields))
             continue
         rec = {key: value.strip() for key, value in zip(fields, row, strict=True)}
+        rec.setdefault("index", str(position))  # nvidia-smi lists GPUs in index order
         total = _mib(rec.get("memory.total", ""))
         free = _mib(rec.get("memory.free", ""))
-        if not rec.get("index", "").isdigit() or total is None:
-            log.debug("skipping nvidia-smi row %r", row)
+        if not rec["index"].isdigit() or total is None:
+            # e.g. DGX Spark (GB10, unified memory) prints "[N/A]" for memory.total.
+            log.info("nvidia-smi reports no memory size for %r; leaving it out", rec.get("name"))
             continue
         cap = rec.get("compute_cap", "")
         gpus.append(
