@@ -409,7 +409,7 @@ class LlamaServer:
         deadline = time.monotonic() + self.start_timeout
         # 1) the listening line (with --port 0 it carries the real port)
         while not self._read_startup():
-            time.sleep(0.005)
+            time.sleep(0.001)  # a file read per ms is cheap; coarser polling shows as start latency
             if (code := proc.poll()) is not None:
                 raise self._start_error(code)
             if time.monotonic() > deadline:
