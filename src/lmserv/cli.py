@@ -2,13 +2,15 @@
 
 Each group of subcommands lives in its own module under ``lmserv._cli`` and exposes
 ``register(subparsers)``; this module assembles them and turns errors into exit codes:
-0 success, 1 failure (an :class:`~lmserv.errors.LmservError`), 2 usage, 130 interrupted.
+0 success, 1 failure (an :class:`~lmserv.errors.LmservError`), 2 usage, 130 interrupted,
+141 when the reader of its output went away (``| head``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -53,6 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lmserv: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`lmserv list | head`): not an error worth a traceback. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for the same situation
 
 
 if __name__ == "__main__":  # pragma: no cover
