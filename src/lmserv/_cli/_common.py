@@ -13,12 +13,14 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
     "add_json_flag",
     "colour",
     "human_bytes",
+    "int_at_least",
     "positive_int",
     "print_json",
     "status_label",
@@ -75,12 +77,21 @@ def human_bytes(n: float) -> str:
     return f"{value:.1f} GiB"  # pragma: no cover - loop always returns
 
 
-def positive_int(text: str) -> int:
-    """argparse ``type=`` for counts: a whole number of at least 1 (else exit 2 with a reason)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
-    return value
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type=`` for whole numbers >= ``minimum`` (else exit 2 with a reason)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"expected a number of at least {minimum}, got {value}"
+            )
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1)

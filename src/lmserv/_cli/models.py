@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from lmserv import config
-from lmserv._cli._common import add_json_flag, colour, print_json
+from lmserv._cli._common import add_json_flag, colour, int_at_least, print_json
 from lmserv.errors import ConfigError
 from lmserv.install._catalog import CatalogEntry, load_catalog
 from lmserv.install._models import download_models, list_local, remove_model
@@ -22,16 +22,6 @@ def _connections(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if not 1 <= value <= 64:
         raise argparse.ArgumentTypeError(f"expected 1 to 64 connections, got {value}")
-    return value
-
-
-def _retries(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
     return value
 
 
@@ -66,7 +56,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     pull.add_argument(
         "--retries",
-        type=_retries,
+        type=int_at_least(0),
         default=5,
         help="tries after a failure without progress before giving up (default: 5)",
     )

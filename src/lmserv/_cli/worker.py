@@ -12,7 +12,7 @@ import signal
 import sys
 from types import FrameType
 
-from lmserv._cli._common import colour
+from lmserv._cli._common import colour, positive_int
 from lmserv.rpc import DEFAULT_RPC_PORT, SECURITY_WARNING, RpcWorker, is_loopback
 
 __all__ = ["register"]
@@ -32,12 +32,6 @@ def _ipv4(text: str) -> str:
 def _port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"port {text!r} must be a number in 1..65535")
-    return int(text)
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
     return int(text)
 
 
@@ -70,7 +64,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="keep a local tensor cache (faster reloads of the same model)",
     )
-    parser.add_argument("--threads", type=_positive, metavar="N", help="CPU threads")
+    parser.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads")
     parser.add_argument(
         "--device",
         metavar="DEV[,DEV...]",
