@@ -297,7 +297,7 @@ def test_cli_help() -> None:
     [
         (["--host", "my-host"], "not an IPv4 address"),
         (["--port", "70000"], "must be a number in 1..65535"),
-        (["--threads", "0"], "must be a positive integer"),
+        (["--threads", "0"], "--threads: expected a number of at least 1, got 0"),
     ],
 )
 def test_cli_usage_errors_exit_2(args: list[str], message: str) -> None:
