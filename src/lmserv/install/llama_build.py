@@ -91,6 +91,7 @@ def _options(
     toolchain: Toolchain,
     cuda_archs: str | None,
     nccl: tuple[str, str] | None,
+    cpu_opts: dict[str, str],
 ) -> dict[str, str]:
     opts = {
         "CMAKE_BUILD_TYPE": "Release",
@@ -102,15 +103,7 @@ def _options(
         "GGML_RPC": "ON" if rpc else "OFF",
         "GGML_CUDA": "ON" if cuda else "OFF",
     }
-    cpu_opts = _toolchain.cpu_feature_options(
-        _toolchain.read_cpuinfo(), platform=toolchain.platform
-    )
-    if cpu_opts:
-        log.info(
-            "this CPU has AMX, whose ggml kernels crash at this llama.cpp commit; building "
-            "with its other instruction sets instead of -march=native"
-        )
-        opts.update(cpu_opts)
+    opts.update(cpu_opts)
     if cuda:
         opts["CMAKE_CUDA_ARCHITECTURES"] = cuda_archs or _toolchain.DEFAULT_CUDA_ARCHITECTURES
         opts["GGML_CUDA_NCCL"] = "ON" if nccl else "OFF"
@@ -291,13 +284,25 @@ def _stamp_key(commit: str, options: dict[str, str], targets: Sequence[str]) -> 
     }
 
 
-def _matching_stamp(build_dir: Path, key: dict[str, object]) -> dict[str, object] | None:
-    stamp = _read_stamp(build_dir)
-    if stamp is None:
+def _previous_build(
+    stamp: dict[str, object] | None,
+    key: dict[str, object],
+    *,
+    build_dir: Path,
+    toolchain: Toolchain,
+    targets: Sequence[str],
+    platform: str,
+    log_path: Path,
+) -> LlamaBuild | None:
+    """The build in ``build_dir`` when its stamp matches ``key`` and every output exists."""
+    if stamp is None or any(stamp.get(k) != v for k, v in key.items()):
         return None
-    if any(stamp.get(k) != v for k, v in key.items()):
+    bin_dir = _output_dirs(build_dir, toolchain)
+    binaries, libraries = _expected_outputs(bin_dir, targets, platform)
+    if not all(p.exists() for p in [*binaries.values(), *libraries.values()]):
         return None
-    return stamp
+    log.info("llama.cpp %s already built in %s (stamp matches)", str(key["commit"])[:12], bin_dir)
+    return _result(stamp, bin_dir, targets, platform, log_path)
 
 
 def _clear_stale_cache(build_dir: Path, tree: Path) -> None:
@@ -353,6 +358,7 @@ def build_llama_cpp(
     log_path = work / f"build-{flavour}.log"
     targets = [*CORE_TARGETS, *LIBRARY_TARGETS] + ([RPC_TARGET] if rpc else [])
 
+    cpu_opts = _toolchain.cpu_feature_options(_toolchain.read_cpuinfo(), platform=platform)
     archs = nccl = None
     if cuda_kit:
         archs = _toolchain.cuda_architectures(cuda_compute_capabilities(), cuda_kit.version)
@@ -366,6 +372,7 @@ def build_llama_cpp(
             toolchain=toolchain,
             cuda_archs=archs,
             nccl=nccl,
+            cpu_opts=cpu_opts,
         )
 
     with FileLock(str(work / f".build-{flavour}.lock")):
@@ -376,7 +383,7 @@ def build_llama_cpp(
                 build_dir,
                 (ref or PINNED_COMMIT).lower(),
                 options_for(False),
-                any_ui=source is None,  # the default source may have come from git, with the UI
+                any_ui=source is None,
                 targets=targets,
                 toolchain=toolchain,
                 platform=platform,
@@ -389,12 +396,19 @@ def build_llama_cpp(
         log.info("llama.cpp source: %s at %s (%s)", tree.path, tree.commit[:12], tree.kind)
         options = options_for(tree.kind == "git" and _ui_host_reachable())
         key = _stamp_key(tree.commit, options, targets)
+        previous = _previous_build(
+            _read_stamp(build_dir),
+            key,
+            build_dir=build_dir,
+            toolchain=toolchain,
+            targets=targets,
+            platform=platform,
+            log_path=log_path,
+        )
+        if previous is not None:
+            return previous
         bin_dir = _output_dirs(build_dir, toolchain)
-        stamp = _matching_stamp(build_dir, key)
         binaries, libraries = _expected_outputs(bin_dir, targets, platform)
-        if stamp and all(p.exists() for p in [*binaries.values(), *libraries.values()]):
-            log.info("llama.cpp %s already built in %s", tree.commit[:12], bin_dir)
-            return _result(stamp, bin_dir, targets, platform, log_path)
 
         (build_dir / _STAMP).unlink(missing_ok=True)  # a failed rebuild must not look complete
         build_dir.mkdir(parents=True, exist_ok=True)
@@ -404,6 +418,11 @@ def build_llama_cpp(
         )
         for note in toolchain.notes:
             log.info(note)
+        if cpu_opts:
+            log.info(
+                "this CPU has AMX, whose ggml kernels crash at this llama.cpp commit; building "
+                "with its other instruction sets instead of -march=native"
+            )
         configure, build = cmake_commands(tree.path, build_dir, options, targets, toolchain, jobs)
         if progress is True or progress is None:
             report, close = _default_progress()
@@ -467,20 +486,23 @@ def _fast_path(
     platform: str,
     log_path: Path,
 ) -> LlamaBuild | None:
-    """The previous build, when it is of ``commit`` with the options this call would use."""
+    """The previous build, when it is of ``commit`` with the options this call would use.
+
+    ``commit`` may be a prefix of the stamp's; with ``any_ui`` the stamp's web-UI choice is
+    accepted whatever it was (the default source may have come from git, with the UI).
+    """
     stamp = _read_stamp(build_dir)
     if not stamp or not str(stamp.get("commit", "")).startswith(commit):
         return None
-    opts = dict(options)
     built = stamp.get("options")
     if any_ui and isinstance(built, dict) and "LLAMA_USE_PREBUILT_UI" in built:
-        opts["LLAMA_USE_PREBUILT_UI"] = str(built["LLAMA_USE_PREBUILT_UI"])
-    wanted = _stamp_key(str(stamp["commit"]), opts, targets)
-    if any(stamp.get(k) != v for k, v in wanted.items()):
-        return None
-    bin_dir = _output_dirs(build_dir, toolchain)
-    binaries, libraries = _expected_outputs(bin_dir, targets, platform)
-    if not all(p.exists() for p in [*binaries.values(), *libraries.values()]):
-        return None
-    log.info("llama.cpp %s already built in %s (stamp matches)", commit[:12], bin_dir)
-    return _result(stamp, bin_dir, targets, platform, log_path)
+        options = {**options, "LLAMA_USE_PREBUILT_UI": str(built["LLAMA_USE_PREBUILT_UI"])}
+    return _previous_build(
+        stamp,
+        _stamp_key(str(stamp["commit"]), options, targets),
+        build_dir=build_dir,
+        toolchain=toolchain,
+        targets=targets,
+        platform=platform,
+        log_path=log_path,
+    )
