@@ -212,6 +212,16 @@ def test_tarball_source_and_unsafe_tarball(fake_src: tuple[Path, str], tmp_path:
     assert tree.kind == "tarball"
     assert tree.commit == commit
 
+    xz = tmp_path / "fake.tar.xz"
+    with tarfile.open(xz, "w:xz") as tar:
+        tar.add(src, arcname="fake-llama")
+    assert _source.get_source(xz, None, tmp_path / "work-xz").commit == commit
+
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(SourceError, match=r"cannot extract the llama\.cpp source archive"):
+        _source.get_source(truncated, None, tmp_path / "work-truncated")
+
     evil = tmp_path / "evil.tar.gz"
     with tarfile.open(evil, "w:gz") as tar:
         info = tarfile.TarInfo("../outside.txt")

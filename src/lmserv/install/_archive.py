@@ -81,8 +81,8 @@ def _check_member(member: tarfile.TarInfo, root: str, archive: Path) -> None:
 
 @contextlib.contextmanager
 def _open(archive: Path, kind: str) -> Iterator[tarfile.TarFile]:
-    if kind == "gz":
-        with tarfile.open(archive, mode="r|gz") as tar:
+    if kind != "zst":  # gzip, and any tarball tarfile recognises (xz, bz2, uncompressed)
+        with tarfile.open(archive, mode="r|*") as tar:
             yield tar
         return
     import zstandard
@@ -98,9 +98,12 @@ def extract_archive(archive: Path, target: Path | None = None) -> Path:
 
     An existing ``target`` is replaced only after the whole archive extracted cleanly. Raises
     :class:`UnsafeArchive` for a member that would land outside ``target``, and
-    :class:`DownloadError` for a corrupt archive.
+    :class:`DownloadError` for a corrupt archive. With an explicit ``target``, any tarball
+    ``tarfile`` reads (``.tar.xz``, ``.tar.bz2``, plain ``.tar``) is accepted too.
     """
     kind = archive_kind(archive.name)
+    if kind is None and target is not None and tarfile.is_tarfile(archive):
+        kind = "tar"
     if kind is None:
         raise ValueError(f"{archive} is not a .tar.gz or .tar.zst archive")
     target = target or extraction_target(archive)

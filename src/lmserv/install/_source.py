@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmserv import config
-from lmserv.errors import SourceError, ToolchainMissing, UnsafeArchive
+from lmserv.errors import DownloadError, SourceError, ToolchainMissing, UnsafeArchive
+from lmserv.install._archive import extract_archive
 
 __all__ = [
     "DEFAULT_GIT_URL",
@@ -104,28 +105,18 @@ def _is_full_sha(ref: str) -> bool:
     return len(ref) == 40 and all(c in "0123456789abcdef" for c in ref.lower())
 
 
-def _safe_extract(archive: Path, dest: Path) -> None:
-    """Extract a tarball, refusing members that would land outside ``dest``."""
-    dest = dest.resolve()
-    with tarfile.open(archive) as tar:
-        for member in tar.getmembers():
-            target = (dest / member.name).resolve()
-            if not target.is_relative_to(dest):
-                raise UnsafeArchive(
-                    f"archive {archive} has member {member.name!r} that would be written outside "
-                    f"{dest}; refusing to extract it. Use a trusted llama.cpp tarball."
-                )
-            if member.issym() or member.islnk():
-                link = (target.parent / member.linkname).resolve()
-                if not link.is_relative_to(dest):
-                    raise UnsafeArchive(
-                        f"archive {archive} has link {member.name!r} -> {member.linkname!r} "
-                        f"pointing outside {dest}; refusing to extract it."
-                    )
-        if sys.version_info >= (3, 12) or hasattr(tarfile, "data_filter"):
-            tar.extractall(dest, filter="fully_trusted")  # members were checked above
-        else:  # pragma: no cover - Python < 3.11.4
-            tar.extractall(dest)
+def _extract(archive: Path, dest: Path) -> None:
+    """Extract a source tarball into ``dest`` (replacing it) with the download's archive checks.
+
+    Members that would land outside ``dest`` raise :class:`UnsafeArchive`; an unreadable
+    archive is a :class:`SourceError`.
+    """
+    try:
+        extract_archive(archive, dest)
+    except UnsafeArchive:
+        raise
+    except DownloadError as exc:
+        raise SourceError(f"cannot extract the llama.cpp source archive {archive}: {exc}") from exc
 
 
 def _fetch_sdist() -> Path:
@@ -174,9 +165,9 @@ def _from_pypi(work: Path, ref: str) -> SourceTree:
         sdist = _fetch_sdist()
         if root.exists():
             shutil.rmtree(root)
-        staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=work))
+        staging = work / ".sdist-extract"
         try:
-            _safe_extract(sdist, staging)
+            _extract(sdist, staging)
             root.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging / _SDIST_TOP, root)
         finally:
@@ -287,8 +278,7 @@ def get_source(source: str | os.PathLike[str] | None, ref: str | None, work: Pat
             raise SourceError(f"{path} is not a tar archive (.tar.gz, .tgz, .tar.xz).")
         dest = work / "src" / path.name.split(".tar")[0].removesuffix(".tgz")
         if _llama_root(dest) is None:
-            shutil.rmtree(dest, ignore_errors=True)
-            _safe_extract(path, dest)
+            _extract(path, dest)
         tree = _llama_root(dest)
         if tree is None:
             raise SourceError(f"archive {path} does not contain a llama.cpp tree.")
