@@ -18,12 +18,15 @@ benchmarks where the values do not matter but the arithmetic does.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # numpy and gguf are imported where models are written: the CLI starts faster
+    import gguf
     import numpy as np
 
 __all__ = [
@@ -72,6 +75,26 @@ def _counting_vocab() -> tuple[list[str], list[float], list[int], dict[str, int]
     return tokens, scores, types, word_ids
 
 
+@contextlib.contextmanager
+def _llama_gguf(path: Path) -> Iterator[gguf.GGUFWriter]:
+    """A GGUF writer for a llama model at ``path``: the caller adds metadata and tensors, then
+    the file is written beside ``path`` and renamed into place; on an error nothing is left."""
+    import gguf
+
+    tmp = path.with_name(path.name + ".tmp")
+    writer = gguf.GGUFWriter(str(tmp), "llama")
+    try:
+        yield writer
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        tmp.replace(path)
+    finally:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+
+
 def write_counting_model(path: str | Path, *, seed: int = 0) -> Path:
     """Write the counting model (about 200 KB) to ``path`` and return the path.
 
@@ -99,9 +122,7 @@ def write_counting_model(path: str | Path, *, seed: int = 0) -> Path:
         output[nxt] = 4.0 * embd[prev]
     output[2] = 4.0 * embd[ids[-1]]  # after "ten" comes </s>
 
-    tmp = path.with_name(path.name + ".tmp")
-    writer = gguf.GGUFWriter(str(tmp), "llama")
-    try:
+    with _llama_gguf(path) as writer:
         writer.add_name("lmserv counting model")
         writer.add_context_length(2048)
         writer.add_embedding_length(n_embd)
@@ -139,12 +160,6 @@ def write_counting_model(path: str | Path, *, seed: int = 0) -> Path:
         writer.add_tensor("blk.0.ffn_gate.weight", small(n_ff, n_embd))
         writer.add_tensor("blk.0.ffn_up.weight", small(n_ff, n_embd))
         writer.add_tensor("blk.0.ffn_down.weight", zeros((n_embd, n_ff), dtype=np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    tmp.replace(path)
     return path
 
 
@@ -205,9 +220,7 @@ def write_synthetic_model(
         data = (rng.standard_normal(shape, dtype=np.float32) * scale).astype(np.float32)
         return data
 
-    tmp = path.with_name(path.name + ".tmp")
-    writer = gguf.GGUFWriter(str(tmp), "llama")
-    try:
+    with _llama_gguf(path) as writer:
         writer.add_name(f"lmserv synthetic {params // 1_000_000}M {quant}")
         writer.add_context_length(4096)
         writer.add_embedding_length(n_embd)
@@ -248,10 +261,4 @@ def write_synthetic_model(
             add(f"blk.{i}.ffn_gate.weight", weight(n_ff, n_embd))
             add(f"blk.{i}.ffn_up.weight", weight(n_ff, n_embd))
             add(f"blk.{i}.ffn_down.weight", weight(n_embd, n_ff))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    tmp.replace(path)
     return path
