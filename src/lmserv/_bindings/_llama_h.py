@@ -105,8 +105,10 @@ LLAMA_FLASH_ATTN_TYPE_AUTO = -1
 LLAMA_FLASH_ATTN_TYPE_DISABLED = 0
 LLAMA_FLASH_ATTN_TYPE_ENABLED = 1
 
-# enum ggml_type (only the ones the defaults use)
+# enum ggml_type (the ones lmserv names: the defaults, and the unquantized KV-cache types)
+GGML_TYPE_F32 = 0
 GGML_TYPE_F16 = 1
+GGML_TYPE_BF16 = 30
 
 # Opaque handles: struct llama_model *, struct llama_context *, ...
 llama_model_p = NewType("llama_model_p", int)

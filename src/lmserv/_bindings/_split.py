@@ -1,7 +1,7 @@
 """Multi-GPU placement for the in-process ``Llama``: the same options as ``LlamaServer``.
 
-Validation is shared with the server (:func:`lmserv._multigpu.split_options`); this module only
-turns the result into ``llama_model_params`` fields, which means ctypes arrays that must stay
+Validation is shared with the server (``Llama`` calls :func:`lmserv._multigpu.split_options`);
+this module only turns the result into ``llama_model_params`` fields, which means ctypes arrays that must stay
 alive while the model loads, and device names resolved through ggml's device registry.
 """
 
@@ -11,23 +11,13 @@ import ctypes
 from collections.abc import Sequence
 
 from lmserv._bindings import _llama_h as h
-from lmserv._multigpu import SplitOptions, split_options
+from lmserv._multigpu import SplitOptions
 from lmserv.errors import ConfigError
 
-__all__ = ["apply_split", "check_tensor_mode", "resolve_split"]
+__all__ = ["apply_split", "check_tensor_mode"]
 
 # KV-cache types tensor mode accepts (F32, F16, BF16); quantized caches are refused upstream.
-_UNQUANTIZED = {0, h.GGML_TYPE_F16, 30}
-
-
-def resolve_split(
-    split_mode: str | None,
-    tensor_split: str | Sequence[float] | None,
-    main_gpu: int | None,
-    devices: str | Sequence[str | int] | None,
-) -> SplitOptions:
-    """Validate the options exactly as ``LlamaServer`` does (GPU counts are not checked here)."""
-    return split_options(split_mode, tensor_split, main_gpu, devices)
+_UNQUANTIZED = {h.GGML_TYPE_F32, h.GGML_TYPE_F16, h.GGML_TYPE_BF16}
 
 
 def check_tensor_mode(split: SplitOptions, flash_attn: str, type_k: int, type_v: int) -> str:

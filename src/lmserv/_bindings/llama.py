@@ -27,8 +27,9 @@ from lmserv._bindings import _lib
 from lmserv._bindings import _llama_h as h
 from lmserv._bindings._chat import apply_chat_template, builtin_chat_templates
 from lmserv._bindings._generate import Decoder, Handles, Tally
-from lmserv._bindings._split import apply_split, check_tensor_mode, resolve_split
+from lmserv._bindings._split import apply_split, check_tensor_mode
 from lmserv._bindings.params import GpuLayers, LlamaParams, SamplingParams, default_threads
+from lmserv._multigpu import split_options
 from lmserv._types import Completion, Timings
 from lmserv.errors import ConfigError, ContextOverflow, InvalidModelFile, LlamaError
 
@@ -118,7 +119,9 @@ class Llama:
         devices: str | Sequence[str | int] | None = None,
     ) -> None:
         self._params = params or LlamaParams()
-        split = resolve_split(split_mode, tensor_split, main_gpu, devices)
+        # GPU counts are not checked here (no inventory is taken), exactly as LlamaServer does
+        # when it has none.
+        split = split_options(split_mode, tensor_split, main_gpu, devices)
         flash = check_tensor_mode(
             split, self._params.flash_attn, self._params.type_k, self._params.type_v
         )
