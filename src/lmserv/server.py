@@ -17,7 +17,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import http.client
-import ipaddress
 import itertools
 import logging
 import os
@@ -40,7 +39,7 @@ from lmserv._client import DEFAULT_TIMEOUT, Client
 from lmserv._multigpu import llama_server_args, normalize_endpoints
 from lmserv._process import new_log_path, read_tail, spawn, terminate
 from lmserv.errors import BinaryNotFound, ServerError, ServerStartError, ServerTimeout, WorkerError
-from lmserv.rpc import check_endpoints
+from lmserv.rpc import check_endpoints, is_loopback
 
 __all__ = ["LlamaServer", "ServerInfo"]
 
@@ -143,12 +142,8 @@ def _http_get(base_url: str, path: str) -> int:
 
 
 def _is_loopback(host: str) -> bool:
-    if host in ("localhost", "") or host.endswith(".sock"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    # llama-server also listens on a unix socket when the host ends in ".sock": local only.
+    return host == "" or host.endswith(".sock") or is_loopback(host)
 
 
 class LlamaServer:

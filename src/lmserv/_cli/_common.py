@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from lmserv._units import human_bytes
+
 __all__ = [
     "add_json_flag",
     "colour",
@@ -59,22 +61,6 @@ _STATUS_COLOURS = {"ok": "green", "warn": "yellow", "fail": "red", "info": "dim"
 def status_label(status: str, width: int = 5) -> str:
     """``ok``/``warn``/``fail``/``info`` padded to ``width``, coloured on a TTY."""
     return colour(status.ljust(width), _STATUS_COLOURS.get(status, "bold"))
-
-
-def human_bytes(n: float) -> str:
-    """``1536`` -> ``'1.5 KiB'``; binary units, as nvidia-smi and llama.cpp print them.
-
-    >>> human_bytes(85899345920)
-    '80.0 GiB'
-    >>> human_bytes(512)
-    '512 B'
-    """
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"  # pragma: no cover - loop always returns
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:

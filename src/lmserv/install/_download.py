@@ -32,6 +32,7 @@ import httpx
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
+from lmserv._units import human_bytes
 from lmserv.errors import ChecksumMismatch, DownloadError, InsufficientDiskSpace
 from lmserv.install import _parallel
 from lmserv.install._archive import archive_kind, extract_archive, extraction_target
@@ -146,19 +147,10 @@ def _check_disk(folder: Path, needed: int) -> None:
     free = shutil.disk_usage(folder).free
     if needed > free:
         raise InsufficientDiskSpace(
-            f"not enough disk space in {folder}: the download needs {_human(needed)} more, "
-            f"only {_human(free)} is free; free some space or download to another folder "
+            f"not enough disk space in {folder}: the download needs {human_bytes(needed)} more, "
+            f"only {human_bytes(free)} is free; free some space or download to another folder "
             "(lmserv pull --dir DIR, or set LMSERV_PATHS_MODELS)"
         )
-
-
-def _human(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 class _Bar:
