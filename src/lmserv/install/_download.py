@@ -331,12 +331,7 @@ def _single_stream(
                 raise Retryable(f"connection closed at byte {pos} of {total}")
             except (httpx.TransportError, Retryable) as exc:
                 attempt = 1 if pos > before else attempt + 1
-                if attempt > policy.retries:
-                    raise DownloadError(
-                        describe(f"{exc} (after {policy.retries} retries)")
-                    ) from exc
-                retry_after = exc.retry_after if isinstance(exc, Retryable) else None
-                delay = policy.delay(attempt, retry_after)
+                delay = policy.pause_after(exc, attempt, describe)
                 log.info("%s: %s; retrying in %.1fs", fetcher.url, exc, delay)
                 time.sleep(delay)
 
@@ -359,10 +354,7 @@ def _with_retries(
             return action()
         except (httpx.TransportError, Retryable) as exc:
             attempt += 1
-            if attempt > policy.retries:
-                raise DownloadError(describe(f"{exc} (after {policy.retries} retries)")) from exc
-            retry_after = exc.retry_after if isinstance(exc, Retryable) else None
-            time.sleep(policy.delay(attempt, retry_after))
+            time.sleep(policy.pause_after(exc, attempt, describe))
 
 
 def _fetch(

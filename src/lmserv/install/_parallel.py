@@ -138,6 +138,13 @@ class RetryPolicy:
         base: float = min(self.cap, self.backoff * 2 ** (attempt - 1))
         return base * (0.5 + random.random() / 2)
 
+    def pause_after(self, exc: Exception, attempt: int, describe: Callable[[str], str]) -> float:
+        """Seconds to wait before try ``attempt`` after ``exc`` (the server's ``Retry-After``
+        when it sent one); :class:`DownloadError` once the retries are spent."""
+        if attempt > self.retries:
+            raise DownloadError(describe(f"{exc} (after {self.retries} retries)")) from exc
+        return self.delay(attempt, exc.retry_after if isinstance(exc, Retryable) else None)
+
 
 def fetch_range(
     fetcher: Fetcher,
@@ -182,10 +189,7 @@ def fetch_range(
                 raise Retryable(f"connection closed at byte {chunk.start + chunk.done}")
         except (httpx.TransportError, Retryable) as exc:
             attempt = 1 if chunk.done > before else attempt + 1
-            if attempt > policy.retries:
-                raise DownloadError(describe(f"{exc} (after {policy.retries} retries)")) from exc
-            retry_after = exc.retry_after if isinstance(exc, Retryable) else None
-            delay = policy.delay(attempt, retry_after)
+            delay = policy.pause_after(exc, attempt, describe)
             log.info("range %d-%d: %s; retrying in %.1fs", chunk.start, chunk.end, exc, delay)
             if stop.wait(delay):
                 return
