@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lmserv._bootstrap.finder import find_binary
+from lmserv.install.finder import find_binary
 
 
 def free_port() -> int:

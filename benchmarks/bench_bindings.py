@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from lmserv import Llama
-from lmserv._bootstrap.finder import find_binary
+from lmserv.install.finder import find_binary
 from lmserv.testing import write_synthetic_model
 
 

@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from lmserv._bootstrap.finder import find_binary
+from lmserv.install.finder import find_binary
 from lmserv.rpc import RpcWorker
 from lmserv.testing import write_synthetic_model
 

@@ -22,6 +22,15 @@ TEST_BUILD_DIR = Path(
 )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``slow`` means exactly "needs the real llama.cpp build": every test that asks for the
+    build, directly or through another fixture, gets the marker, so ``-m "not slow"`` compiles
+    nothing."""
+    for item in items:
+        if "llama_build" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def llama_build() -> Iterator[LlamaBuild]:
     """A real CPU build (with the RPC worker) of the pinned llama.cpp commit.

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lmserv._bootstrap.finder import find_binary, find_library
 from lmserv.errors import BinaryNotFound
+from lmserv.install.finder import find_binary, find_library
 
 
 def _exe(folder: Path, name: str = "llama-server") -> Path:

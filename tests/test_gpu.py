@@ -15,9 +15,9 @@ import pytest
 
 from _system_helpers import DATA, FakeNVML, fake_tool, write_llama_gguf
 from lmserv import gpu
-from lmserv._offload import read_model_shape
 from lmserv.errors import InvalidModelFile
 from lmserv.gpu import GPU, cuda_compute_capabilities, detect_gpus, plan_offload
+from lmserv.gpu._plan import read_model_shape
 from lmserv.install import LlamaBuild
 from lmserv.testing import write_counting_model
 

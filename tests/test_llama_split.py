@@ -11,7 +11,7 @@ import pytest
 from lmserv import ConfigError, Llama, LlamaParams
 from lmserv._bindings import _lib
 from lmserv._bindings._split import apply_split
-from lmserv._multigpu import SplitOptions
+from lmserv.gpu._split import SplitOptions
 from lmserv.install import LlamaBuild
 from lmserv.testing import write_counting_model
 

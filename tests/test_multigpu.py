@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from lmserv._multigpu import (
+from lmserv.errors import ConfigError
+from lmserv.gpu import GPU, parse_nvidia_smi_csv, parse_rocm_smi_json, plan_offload
+from lmserv.gpu._split import (
     MAX_TENSOR_SPLIT,
     SplitOptions,
     default_split,
@@ -24,8 +26,6 @@ from lmserv._multigpu import (
     split_options,
     tensor_mode_args,
 )
-from lmserv.errors import ConfigError
-from lmserv.gpu import GPU, parse_nvidia_smi_csv, parse_rocm_smi_json, plan_offload
 from lmserv.install import LlamaBuild
 from lmserv.server import LlamaServer
 from lmserv.testing import write_counting_model
@@ -324,7 +324,7 @@ def test_llama_server_refuses_sixteen_split_entries(llama_build: LlamaBuild) -> 
 @pytest.fixture
 def eight_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     """This machine has no GPU: LlamaServer sees the recorded 8-GPU server instead."""
-    monkeypatch.setattr("lmserv._multigpu.detect_gpus", lambda: list(EIGHT))
+    monkeypatch.setattr("lmserv.gpu._split.detect_gpus", lambda: list(EIGHT))
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 Public API (see README.md)::
 
-    from lmserv.install import build_llama_cpp, download_file, download_models, ensure_model
+    from lmserv import build_llama_cpp, download_file, download_models, ensure_model
+    from lmserv import find_binary, find_library, list_models, remove_model
     from lmserv import detect_gpus, plan_offload, load_settings
     from lmserv import LlamaServer, Client, AsyncClient
     from lmserv import RpcWorker, split_options          # several machines / GPUs
@@ -12,11 +13,12 @@ Public API (see README.md)::
 
 from __future__ import annotations
 
+__version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)
+
 from lmserv._bindings.llama import Llama
 from lmserv._bindings.params import LlamaParams
-from lmserv._client import AsyncClient, AsyncTextStream, Client, TextStream
-from lmserv._multigpu import SplitOptions, split_options
 from lmserv._types import ChatCompletion, Completion, Timings
+from lmserv.client._client import AsyncClient, AsyncTextStream, Client, TextStream
 from lmserv.config import Settings, get_settings, load_settings
 from lmserv.errors import (
     APIError,
@@ -47,19 +49,31 @@ from lmserv.errors import (
     UnsafeArchive,
     WorkerError,
 )
-from lmserv.gpu import GPU, OffloadPlan, cuda_compute_capabilities, detect_gpus, plan_offload
-from lmserv.rpc import RpcWorker, parse_endpoint, probe_endpoint
-from lmserv.server import LlamaServer, ServerInfo
-
-__version__ = "0.1.0"
-
+from lmserv.gpu import (
+    GPU,
+    OffloadPlan,
+    SplitOptions,
+    cuda_compute_capabilities,
+    detect_gpus,
+    plan_offload,
+    split_options,
+)
 from lmserv.install import (
     CatalogEntry,
+    LlamaBuild,
     LocalModel,
+    build_llama_cpp,
     download_file,
     download_models,
     ensure_model,
+    find_binary,
+    find_library,
+    list_models,
+    load_catalog,
+    remove_model,
 )
+from lmserv.rpc import RpcWorker, parse_endpoint, probe_endpoint
+from lmserv.server import LlamaServer, ServerInfo
 
 __all__ = [
     "GPU",
@@ -84,6 +98,7 @@ __all__ = [
     "InvalidModelFile",
     "LibraryMismatch",
     "Llama",
+    "LlamaBuild",
     "LlamaError",
     "LlamaParams",
     "LlamaServer",
@@ -108,15 +123,21 @@ __all__ = [
     "UnsafeArchive",
     "WorkerError",
     "__version__",
+    "build_llama_cpp",
     "cuda_compute_capabilities",
     "detect_gpus",
     "download_file",
     "download_models",
     "ensure_model",
+    "find_binary",
+    "find_library",
     "get_settings",
+    "list_models",
+    "load_catalog",
     "load_settings",
     "parse_endpoint",
     "plan_offload",
     "probe_endpoint",
+    "remove_model",
     "split_options",
 ]

@@ -15,9 +15,9 @@ import sys
 import time
 
 from lmserv import config
-from lmserv._bootstrap.finder import find_binary
 from lmserv.errors import BinaryNotFound, LmservError
 from lmserv.install import build_llama_cpp
+from lmserv.install.finder import find_binary
 from lmserv.server import LlamaServer
 from lmserv.testing import COUNTING_CONTINUATION, COUNTING_PROMPT, write_counting_model
 

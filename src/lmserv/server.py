@@ -34,11 +34,11 @@ from typing import IO
 
 import httpx
 
-from lmserv._bootstrap.finder import find_binary
-from lmserv._client import DEFAULT_TIMEOUT, Client
-from lmserv._multigpu import llama_server_args, normalize_endpoints
 from lmserv._process import new_log_path, read_tail, spawn, terminate
+from lmserv.client._client import DEFAULT_TIMEOUT, Client
 from lmserv.errors import BinaryNotFound, ServerError, ServerStartError, ServerTimeout, WorkerError
+from lmserv.gpu._split import llama_server_args, normalize_endpoints
+from lmserv.install.finder import find_binary
 from lmserv.rpc import check_endpoints, is_loopback
 
 __all__ = ["LlamaServer", "ServerInfo"]
@@ -247,7 +247,7 @@ class LlamaServer:
         return argv
 
     def _distributed_args(self) -> list[str]:
-        """``--rpc`` and the multi-GPU flags, validated (issue 7; lmserv._multigpu)."""
+        """``--rpc`` and the multi-GPU flags, validated (issue 7; lmserv.gpu._split)."""
         return llama_server_args(
             self.model,
             rpc=self.rpc,

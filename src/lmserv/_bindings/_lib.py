@@ -23,8 +23,8 @@ from pathlib import Path
 
 from lmserv._bindings import _llama_h as h
 from lmserv._bindings._log import LogRouter
-from lmserv._bootstrap.finder import find_library, library_file_names
 from lmserv.errors import LibraryMismatch
+from lmserv.install.finder import find_library, library_file_names
 
 __all__ = ["Loaded", "load"]
 

@@ -1,6 +1,6 @@
 """Multi-GPU placement for the in-process ``Llama``: the same options as ``LlamaServer``.
 
-Validation is shared with the server (``Llama`` calls :func:`lmserv._multigpu.split_options`);
+Validation is shared with the server (``Llama`` calls :func:`lmserv.gpu._split.split_options`);
 this module only turns the result into ``llama_model_params`` fields, which means ctypes arrays that must stay
 alive while the model loads, and device names resolved through ggml's device registry.
 """
@@ -11,8 +11,8 @@ import ctypes
 from collections.abc import Sequence
 
 from lmserv._bindings import _llama_h as h
-from lmserv._multigpu import SplitOptions
 from lmserv.errors import ConfigError
+from lmserv.gpu._split import SplitOptions
 
 __all__ = ["apply_split", "check_tensor_mode"]
 

@@ -29,9 +29,9 @@ from lmserv._bindings._chat import apply_chat_template, builtin_chat_templates
 from lmserv._bindings._generate import Decoder, Handles, Tally
 from lmserv._bindings._split import apply_split, check_tensor_mode
 from lmserv._bindings.params import GpuLayers, LlamaParams, SamplingParams, default_threads
-from lmserv._multigpu import split_options
 from lmserv._types import Completion, Timings
 from lmserv.errors import ConfigError, ContextOverflow, InvalidModelFile, LlamaError
+from lmserv.gpu._split import split_options
 
 __all__ = ["Llama"]
 

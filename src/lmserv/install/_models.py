@@ -32,7 +32,7 @@ __all__ = [
     "LocalModel",
     "download_models",
     "ensure_model",
-    "list_local",
+    "list_models",
     "load_catalog",
     "remove_model",
 ]
@@ -164,7 +164,7 @@ def _catalog_by_file(catalog: Mapping[str, CatalogEntry]) -> dict[str, CatalogEn
     return {entry.local_name: entry for entry in catalog.values()}
 
 
-def list_local(
+def list_models(
     target_dir: str | os.PathLike[str] | None = None,
     catalog: Mapping[str, CatalogEntry] | None = None,
 ) -> list[LocalModel]:

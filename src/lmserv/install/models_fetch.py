@@ -20,7 +20,7 @@ from lmserv.install._models import (
     LocalModel,
     download_models,
     ensure_model,
-    list_local,
+    list_models,
     remove_model,
 )
 
@@ -29,7 +29,7 @@ __all__ = [
     "LocalModel",
     "download_models",
     "ensure_model",
-    "list_local",
+    "list_models",
     "load_catalog",
     "main",
     "remove_model",

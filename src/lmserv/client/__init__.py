@@ -13,7 +13,8 @@ The OpenAI SDK works against the same server at ``base_url + "/v1"``.
 
 from __future__ import annotations
 
-from lmserv._client import (
+from lmserv._types import ChatCompletion, Completion, Timings
+from lmserv.client._client import (
     DEFAULT_TIMEOUT,
     AsyncClient,
     AsyncTextStream,
@@ -21,7 +22,6 @@ from lmserv._client import (
     TextStream,
     error_from_response,
 )
-from lmserv._types import ChatCompletion, Completion, Timings
 
 __all__ = [
     "DEFAULT_TIMEOUT",

@@ -1,4 +1,4 @@
-"""Which GPUs this machine has, and how a model would spread over them.
+"""Which GPUs this machine has.
 
 :func:`detect_gpus` asks, in order, NVML (the ``nvidia-ml-py`` package, when its library loads),
 ``nvidia-smi``, ``rocm-smi`` and, on Apple Silicon, ``sysctl`` for the unified memory Metal uses.
@@ -7,7 +7,7 @@ DEBUG), never an exception: callers treat an empty list as "run on the CPU".
 
 CUDA GPUs are listed in the order CUDA numbers them when ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (NVML
 and nvidia-smi use the PCI order), filtered and renumbered by ``CUDA_VISIBLE_DEVICES`` like
-llama.cpp will see them. :func:`plan_offload` (in :mod:`lmserv._offload`) turns a GGUF file and
+llama.cpp will see them. :func:`plan_offload` (in :mod:`lmserv.gpu._plan`) turns a GGUF file and
 this list into ``-ngl`` / ``--tensor-split`` values with the arithmetic shown.
 """
 
@@ -27,19 +27,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from lmserv._offload import DevicePlan, OffloadPlan, plan_offload
-
 __all__ = [
     "GPU",
     "Backend",
-    "DevicePlan",
-    "OffloadPlan",
     "cuda_compute_capabilities",
     "detect_gpus",
     "gpus_from_nvml",
     "parse_nvidia_smi_csv",
     "parse_rocm_smi_json",
-    "plan_offload",
 ]
 
 log = logging.getLogger(__name__)

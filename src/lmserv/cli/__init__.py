@@ -1,6 +1,6 @@
 """The ``lmserv`` command.
 
-Each group of subcommands lives in its own module under ``lmserv._cli`` and exposes
+Each group of subcommands lives in its own module under ``lmserv.cli`` and exposes
 ``register(subparsers)``; this module assembles them and turns errors into exit codes:
 0 success, 1 failure (an :class:`~lmserv.errors.LmservError`), 2 usage, 130 interrupted,
 141 when the reader of its output went away (``| head``).
@@ -15,12 +15,12 @@ import sys
 from collections.abc import Sequence
 
 from lmserv import __version__
-from lmserv._cli import build, models, serve, system, worker
+from lmserv.cli import _build, _models, _serve, _system, _worker
 from lmserv.errors import LmservError
 
 __all__ = ["build_parser", "main"]
 
-_GROUPS = (build, models, serve, system, worker)
+_GROUPS = (_build, _models, _serve, _system, _worker)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """HTTP client for llama-server: :class:`Client` and :class:`AsyncClient` with the same surface.
 
 Request bodies and response parsing are I/O-free and live once (``_Base``); stream decoding and
-error mapping live in :mod:`lmserv._responses`. The two clients only do the I/O.
+error mapping live in :mod:`lmserv.client._responses`. The two clients only do the I/O.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-from lmserv._responses import (
+from lmserv._types import ChatCompletion, Completion
+from lmserv.client._responses import (
     AsyncTextStream,
     TextStream,
     _decode_body,
@@ -22,7 +23,6 @@ from lmserv._responses import (
     _translate,
     error_from_response,
 )
-from lmserv._types import ChatCompletion, Completion
 from lmserv.errors import ServerUnavailable
 
 __all__ = [

@@ -12,7 +12,7 @@ import signal
 import sys
 from types import FrameType
 
-from lmserv._cli._common import colour, positive_int
+from lmserv.cli._common import colour, positive_int
 from lmserv.rpc import DEFAULT_RPC_PORT, SECURITY_WARNING, RpcWorker, is_loopback
 
 __all__ = ["register"]

@@ -39,10 +39,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
-from lmserv._offload import OffloadPlan, plan_offload
+from lmserv._net import parse_endpoint
 from lmserv.errors import ConfigError, LmservError
-from lmserv.gpu import GPU, detect_gpus
-from lmserv.rpc import parse_endpoint
+from lmserv.gpu._detect import GPU, detect_gpus
+from lmserv.gpu._plan import OffloadPlan, plan_offload
 
 __all__ = [
     "SPLIT_MODES",

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from lmserv import config
-from lmserv._bootstrap import finder
-from lmserv._cli import _doctor
-from lmserv._cli._common import (
+from lmserv.cli import _doctor
+from lmserv.cli._common import (
     add_json_flag,
     colour,
     human_bytes,
@@ -21,6 +20,7 @@ from lmserv._cli._common import (
 )
 from lmserv.errors import BinaryNotFound, ConfigError, InvalidModelFile
 from lmserv.gpu import GPU, cuda_compute_capabilities, detect_gpus, plan_offload
+from lmserv.install import finder
 
 __all__ = ["register"]
 

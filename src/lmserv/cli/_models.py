@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 from lmserv import config
-from lmserv._cli._common import add_json_flag, colour, int_at_least, print_json
+from lmserv.cli._common import add_json_flag, colour, int_at_least, print_json
 from lmserv.errors import ConfigError
 from lmserv.install._catalog import CatalogEntry, load_catalog
-from lmserv.install._models import download_models, list_local, remove_model
+from lmserv.install._models import download_models, list_models, remove_model
 
 __all__ = ["register"]
 
@@ -114,7 +114,7 @@ def _size(n: int | None) -> str:
 
 def _list(args: argparse.Namespace) -> int:
     catalog = load_catalog()
-    local = list_local(args.dir, catalog)
+    local = list_models(args.dir, catalog)
     if args.json:
         print_json(
             {

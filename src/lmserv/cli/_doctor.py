@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmserv import __version__, config
-from lmserv._bootstrap import finder
 from lmserv.errors import BinaryNotFound, ConfigError, ToolchainMissing
 from lmserv.gpu import GPU, detect_gpus
-from lmserv.install import _toolchain
+from lmserv.install import _toolchain, finder
 from lmserv.install._source import PINNED_COMMIT
 
 __all__ = ["Check", "Report", "run_checks"]

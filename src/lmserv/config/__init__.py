@@ -22,12 +22,9 @@ is parsed again only when it, or an ``LMSERV_*`` variable, changed.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
-import re
-import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -35,14 +32,31 @@ from typing import Any, Literal
 
 import platformdirs
 
+from lmserv.config._file import (
+    _APP,
+    CONFIG_ENV,
+    _FileData,
+    _read_file,
+    _suggest,
+    _where,
+    config_file,
+)
+from lmserv.config._values import (
+    _BY_NAME,
+    _ENV_PREFIX,
+    _SPECS,
+    _STATIC_DEFAULTS,
+    _TABLES,
+    SECRET_KEYS,
+    CudaSetting,
+    _Bad,
+    _Spec,
+)
 from lmserv.errors import ConfigError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
-
 __all__ = [
+    "CONFIG_ENV",
+    "SECRET_KEYS",
     "BuildSettings",
     "DownloadSettings",
     "ModelSettings",
@@ -62,12 +76,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_APP = "lmserv"
-_ENV_PREFIX = "LMSERV_"
-CONFIG_ENV = "LMSERV_CONFIG"
 
 OriginKind = Literal["default", "file", "env", "argument"]
-CudaSetting = Literal["auto", "on", "off"]
 
 
 @dataclass(frozen=True)
@@ -126,276 +136,6 @@ class DownloadSettings:
     """Table ``[download]``: ``connections`` per file (``None``: the downloader chooses)."""
 
     connections: int | None
-
-
-# --------------------------------------------------------------------------- value parsing
-
-
-class _Bad(Exception):
-    """A value has the wrong type or range; the message says what is expected."""
-
-
-def _as_str(value: object) -> str:
-    if not isinstance(value, str):
-        raise _Bad(f"expected a string, got {value!r}")
-    return value
-
-
-def _as_path(value: object) -> Path:
-    text = _as_str(value).strip()
-    if not text:
-        raise _Bad("expected a folder path, got an empty string")
-    return Path(text).expanduser()
-
-
-def _as_optional_str(value: object) -> str | None:
-    text = _as_str(value)
-    return text or None
-
-
-def _as_host(value: object) -> str:
-    text = _as_str(value).strip()
-    if not text or any(c.isspace() for c in text):
-        raise _Bad(f"expected a host name or IP address, got {value!r}")
-    return text
-
-
-def _as_int(value: object, *, env: bool) -> int:
-    if env and isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-        return int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Bad(f"expected a whole number, got {value!r}")
-    return value
-
-
-def _as_port(value: object, *, env: bool) -> int | None:
-    """A TCP port; 0 (or "auto") means "any free port"."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return None
-    port = _as_int(value, env=env)
-    if not 0 <= port <= 65535:
-        raise _Bad(f"expected a port number from 1 to 65535 (0 or 'auto': a free one), got {port}")
-    return port or None
-
-
-def _as_count(value: object, *, env: bool) -> int | None:
-    """A positive count; 0 (or "auto") means "let lmserv choose"."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return None
-    count = _as_int(value, env=env)
-    if count < 0:
-        raise _Bad(f"expected a positive number (or 0 / 'auto' for automatic), got {count}")
-    return count or None
-
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def _as_bool(value: object, *, env: bool) -> bool:
-    if isinstance(value, bool):
-        return value
-    if env and isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise _Bad(f"expected true or false, got {value!r}")
-
-
-def _as_cuda(value: object) -> CudaSetting:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    text = _as_str(value).strip().lower()
-    if text in ("auto", "on", "off"):
-        return text  # type: ignore[return-value]
-    raise _Bad(f"expected 'auto', 'on' or 'off', got {value!r}")
-
-
-@dataclass(frozen=True)
-class _Spec:
-    """One setting: its table and key, how to parse a value, and its help line."""
-
-    table: str
-    key: str
-    parse: Callable[[object, bool], object]
-    help: str
-
-    @property
-    def name(self) -> str:
-        return f"{self.table}.{self.key}"
-
-    @property
-    def env(self) -> str:
-        return f"{_ENV_PREFIX}{self.table.upper()}_{self.key.upper()}"
-
-
-def _plain(fn: Callable[[object], object]) -> Callable[[object, bool], object]:
-    return lambda value, _env: fn(value)
-
-
-def _envaware(fn: Callable[..., object]) -> Callable[[object, bool], object]:
-    return lambda value, env: fn(value, env=env)
-
-
-_SPECS: tuple[_Spec, ...] = (
-    _Spec("paths", "data", _plain(_as_path), "lmserv's data folder"),
-    _Spec("paths", "models", _plain(_as_path), "where models are downloaded"),
-    _Spec("paths", "builds", _plain(_as_path), "where `lmserv build` compiles llama.cpp"),
-    _Spec("paths", "cache", _plain(_as_path), "re-fetchable files (source archives)"),
-    _Spec("models", "default", _plain(_as_optional_str), "model used when none is named"),
-    _Spec("server", "host", _plain(_as_host), "address llama-server binds"),
-    _Spec("server", "port", _envaware(_as_port), "port llama-server listens on (0: free)"),
-    _Spec("server", "api_key", _plain(_as_optional_str), "API key clients must send"),
-    _Spec("build", "cuda", _plain(_as_cuda), "CUDA build: auto, on or off"),
-    _Spec("build", "jobs", _envaware(_as_count), "parallel compile jobs (0: all cores)"),
-    _Spec("build", "rpc", _envaware(_as_bool), "also build the RPC worker"),
-    _Spec("build", "source", _plain(_as_optional_str), "llama.cpp source (URL, folder, pypi)"),
-    _Spec("download", "connections", _envaware(_as_count), "connections per file (0: auto)"),
-)
-_BY_NAME = {spec.name: spec for spec in _SPECS}
-_TABLES = {spec.table for spec in _SPECS}
-SECRET_KEYS = frozenset({"server.api_key"})
-
-_STATIC_DEFAULTS: dict[str, object] = {
-    "models.default": None,
-    "server.host": "127.0.0.1",
-    "server.port": None,
-    "server.api_key": None,
-    "build.cuda": "auto",
-    "build.jobs": None,
-    "build.rpc": False,
-    "build.source": None,
-    "download.connections": None,
-}
-
-
-# --------------------------------------------------------------------------- the file
-
-
-def config_file() -> Path:
-    """The config file lmserv reads: ``$LMSERV_CONFIG``, else ``<config folder>/config.toml``."""
-    explicit = os.environ.get(CONFIG_ENV)
-    if explicit:
-        return Path(explicit).expanduser()
-    return Path(platformdirs.user_config_dir(_APP, appauthor=False)) / "config.toml"
-
-
-_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?")
-_KEYLINE = re.compile(r"^\s*([A-Za-z0-9_\-.\"' ]+?)\s*=")
-
-
-def _dotted(text: str) -> str:
-    return ".".join(part.strip().strip("\"'") for part in text.split("."))
-
-
-def _line_of(lines: list[str], dotted: str) -> int | None:
-    """The 1-based line defining ``dotted`` (``table.key`` or ``table``), best effort.
-
-    ``tomllib`` keeps no positions, so this scans for table headers and ``key =`` lines.
-    """
-    table = ""
-    header_line = None
-    for number, line in enumerate(lines, 1):
-        if line.lstrip().startswith("#"):
-            continue
-        m = _HEADER.match(line)
-        if m:
-            table = _dotted(m.group(1))
-            if table == dotted:
-                header_line = number
-            continue
-        m = _KEYLINE.match(line)
-        if m:
-            key = _dotted(m.group(1))
-            full = f"{table}.{key}" if table else key
-            if full == dotted or (full.startswith(dotted + ".") and header_line is None):
-                return number
-    return header_line
-
-
-@dataclass(frozen=True)
-class _FileData:
-    path: Path
-    exists: bool
-    values: dict[str, tuple[object, int | None]]
-    catalog: dict[str, dict[str, object]]
-
-
-def _where(path: Path, line: int | None) -> str:
-    return f"{path}:{line}" if line else str(path)
-
-
-def _suggest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
-def _read_file(path: Path, *, required: bool) -> _FileData:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        if required:
-            raise ConfigError(
-                f"the config file {path} named by ${CONFIG_ENV} does not exist. Create it "
-                f"(an empty file is valid) or unset {CONFIG_ENV} to use the default location."
-            ) from None
-        return _FileData(path, False, {}, {})
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the config file {path}: {exc}. Fix or remove it.") from exc
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(
-            f"the config file {path} is not valid TOML: {exc}. Fix that line; "
-            "see `lmserv config show` for the accepted keys."
-        ) from exc
-    lines = text.splitlines()
-    values: dict[str, tuple[object, int | None]] = {}
-    catalog: dict[str, dict[str, object]] = {}
-    known_tables = sorted([*_TABLES, "catalog"])
-    for table, content in data.items():
-        line = _line_of(lines, table)
-        if table == "catalog":
-            catalog = _read_catalog(content, path, lines)
-            continue
-        if table not in _TABLES:
-            raise ConfigError(
-                f"unknown table [{table}] in the config file {_where(path, line)}. Known tables: "
-                f"{', '.join(known_tables)}.{_suggest(table, known_tables)}"
-            )
-        if not isinstance(content, dict):
-            raise ConfigError(
-                f"{table!r} in the config file {_where(path, line)} must be a table "
-                f"([{table}] followed by key = value lines), not {content!r}."
-            )
-        keys = sorted(s.key for s in _SPECS if s.table == table)
-        for key, value in content.items():
-            name = f"{table}.{key}"
-            key_line = _line_of(lines, name) or line
-            if name not in _BY_NAME:
-                raise ConfigError(
-                    f"unknown key {key!r} in table [{table}] of the config file "
-                    f"{_where(path, key_line)}. Known keys: {', '.join(keys)}."
-                    f"{_suggest(key, keys)}"
-                )
-            values[name] = (value, key_line)
-    return _FileData(path, True, values, catalog)
-
-
-def _read_catalog(content: object, path: Path, lines: list[str]) -> dict[str, dict[str, object]]:
-    if not isinstance(content, dict):
-        raise ConfigError(
-            f"'catalog' in the config file {_where(path, _line_of(lines, 'catalog'))} must hold "
-            "tables, one per model: [catalog.my-model] followed by url = ..., sha256 = ..."
-        )
-    entries: dict[str, dict[str, object]] = {}
-    for name, entry in content.items():
-        if not isinstance(entry, dict):
-            where = _where(path, _line_of(lines, f"catalog.{name}"))
-            raise ConfigError(
-                f"catalog entry {name!r} in the config file {where} must be a table "
-                f"([catalog.{name}] followed by url = ..., sha256 = ...), not {entry!r}."
-            )
-        entries[str(name)] = dict(entry)
-    return entries
 
 
 # --------------------------------------------------------------------------- Settings

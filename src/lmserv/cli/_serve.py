@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Any
 
 from lmserv import config
-from lmserv._cli._distributed import add_distributed_options, distributed_kwargs
+from lmserv.cli._distributed import add_distributed_options, distributed_kwargs
 from lmserv.client import ChatCompletion, Client, TextStream
 from lmserv.errors import ModelNotFound
 from lmserv.install import models_fetch

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from lmserv import config
-from lmserv._cli._common import positive_int
+from lmserv.cli._common import positive_int
 from lmserv.install.llama_build import CudaChoice, build_llama_cpp
 
 __all__ = ["register"]

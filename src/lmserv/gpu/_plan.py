@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from lmserv.errors import InvalidModelFile
 
 if TYPE_CHECKING:
-    from lmserv.gpu import GPU
+    from lmserv.gpu._detect import GPU
 
 __all__ = ["DevicePlan", "ModelShape", "OffloadPlan", "plan_offload", "read_model_shape"]
 

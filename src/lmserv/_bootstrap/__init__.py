@@ -1,1 +1,0 @@
-"""Locating llama.cpp's binaries and libraries; see :mod:`lmserv._bootstrap.finder`."""

@@ -1,1 +1,0 @@
-"""Subcommand groups of the ``lmserv`` command; see :mod:`lmserv.cli`."""

@@ -1,0 +1,62 @@
+"""Host and endpoint rules shared by the serving side and the GPU/RPC planning.
+
+They live at the bottom of the import graph so that :mod:`lmserv.gpu` can validate RPC
+endpoints without importing the process supervision in :mod:`lmserv.rpc`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from lmserv.errors import ConfigError
+
+__all__ = ["is_loopback", "parse_endpoint"]
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """Split ``"host:port"`` into ``(host, port)``, as llama.cpp's ``--rpc`` reads it.
+
+    llama.cpp splits at the *first* ``:`` and resolves the host with ``gethostbyname``, so a host
+    is an IPv4 address or a name, never an IPv6 literal. Raises :class:`ConfigError` (a
+    ``ValueError``) quoting the bad value and the accepted form.
+
+    >>> parse_endpoint("192.168.1.10:50052")
+    ('192.168.1.10', 50052)
+    >>> parse_endpoint(" gpu-box-2:50053 ")
+    ('gpu-box-2', 50053)
+    """
+    if not isinstance(endpoint, str):
+        raise ConfigError(
+            f"RPC endpoint {endpoint!r} is not a string; use 'host:port', e.g. '192.168.1.10:50052'"
+        )
+    text = endpoint.strip()
+    form = "use 'host:port' with an IPv4 address or host name, e.g. '192.168.1.10:50052'"
+    if "," in text:
+        raise ConfigError(
+            f"RPC endpoint {endpoint!r} holds several endpoints; pass one 'host:port' per list "
+            "item, e.g. rpc=['10.0.0.2:50052', '10.0.0.3:50052']"
+        )
+    if text.count(":") != 1:
+        why = (
+            "has no ':port'" if ":" not in text else "has more than one ':' (IPv6 is not supported)"
+        )
+        raise ConfigError(f"RPC endpoint {endpoint!r} {why}; {form}")
+    host, _, port_text = text.partition(":")
+    if not host or any(c.isspace() or c in ",/[]" for c in host):
+        raise ConfigError(f"RPC endpoint {endpoint!r} has a bad host {host!r}; {form}")
+    if not port_text.isdigit():
+        raise ConfigError(f"RPC endpoint {endpoint!r} has a bad port {port_text!r}; {form}")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"RPC endpoint {endpoint!r}: port {port} is outside 1..65535; {form}")
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine (``127.x``, ``::1``, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
