@@ -10,7 +10,7 @@ import lmserv
 
 EXPECTED = {
     # results and options
-    "ChatCompletion", "Completion", "Timings", "LlamaParams", "Settings", "ServerInfo", "GPU",
+    "ChatCompletion", "Completion", "Timings", "SamplingOptions", "LlamaParams", "Settings", "ServerInfo", "GPU",
     "OffloadPlan", "SplitOptions", "CatalogEntry", "LocalModel", "LlamaBuild",
     # what runs a model
     "LlamaServer", "Client", "AsyncClient", "TextStream", "AsyncTextStream", "Llama", "RpcWorker",

@@ -17,7 +17,7 @@ __version__ = "0.1.0"  # the one place the version is written (pyproject.toml re
 
 from lmserv._bindings.llama import Llama
 from lmserv._bindings.params import LlamaParams
-from lmserv._types import ChatCompletion, Completion, Timings
+from lmserv._types import ChatCompletion, Completion, SamplingOptions, Timings
 from lmserv.client._client import AsyncClient, AsyncTextStream, Client, TextStream
 from lmserv.config import Settings, get_settings, load_settings
 from lmserv.errors import (
@@ -109,6 +109,7 @@ __all__ = [
     "NotFoundError",
     "OffloadPlan",
     "RpcWorker",
+    "SamplingOptions",
     "ServerError",
     "ServerInfo",
     "ServerStartError",

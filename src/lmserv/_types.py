@@ -1,16 +1,184 @@
-"""Results the client returns: frozen dataclasses built from llama-server's JSON.
+"""The vocabulary shared by :class:`~lmserv.Client`, :class:`~lmserv.AsyncClient` and
+:class:`~lmserv.Llama`: what a generation is asked (:class:`SamplingOptions`, ``Messages``) and
+what it answers (:class:`Completion`, :class:`ChatCompletion`, :class:`Timings`).
 
-Each keeps the full JSON it came from in ``raw`` (excluded from equality and ``repr``), so a
-field llama-server adds later is never out of reach.
+Results are frozen dataclasses built from llama-server's JSON (or, in process, from what
+``Llama`` measured). Each keeps the JSON it came from in ``raw`` (excluded from equality and
+``repr``), so a field llama-server adds later is never out of reach.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, TypedDict
 
-__all__ = ["ChatCompletion", "Completion", "Timings"]
+from lmserv.errors import ConfigError
+
+__all__ = [
+    "ChatCompletion",
+    "Completion",
+    "Messages",
+    "SamplingArgs",
+    "SamplingOptions",
+    "Timings",
+]
+
+#: A conversation: ``[{"role": "user", "content": "..."}, ...]``; a ``str`` is one user turn.
+Messages = str | Sequence[Mapping[str, Any]]
+
+_SEED_LIMIT = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp reads this seed as "draw a random one"
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How a generation picks its tokens, declared once for every engine.
+
+    ``Client``, ``AsyncClient`` and ``Llama`` take these as a ``sampling=`` object or as the
+    same-named keyword arguments (a keyword wins over the object's field). A field left ``None``
+    is not set: the engine's own default applies (llama-server's, or ``Llama``'s, which match:
+    temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, a random seed), except ``max_tokens``,
+    unlimited on llama-server and 256 in ``Llama``.
+
+    - ``max_tokens``: most tokens to generate; ``-1`` means no limit (until the end-of-generation
+      token or a full context).
+    - ``temperature``: ``<= 0`` is greedy; ``top_k`` (0 = off), ``top_p``, ``min_p``: the usual
+      filters, applied in llama.cpp's order.
+    - ``seed``: makes sampled output repeatable, ``0 <= seed < 2**32 - 1``.
+    - ``stop``: strings that end the text before they appear (a ``str`` is one).
+    - ``ignore_eos``: keep going past the end-of-generation token.
+
+    Raises :class:`~lmserv.errors.ConfigError` for a value no engine accepts.
+
+    >>> SamplingOptions(temperature=0, stop="\n").stop
+    ('\n',)
+    """
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    stop: str | Sequence[str] | None = None
+    ignore_eos: bool | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        elif self.stop is not None:
+            object.__setattr__(self, "stop", tuple(self.stop))
+        problems = [p for p in self._problems() if p]
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def _problems(self) -> list[str | None]:
+        def integer(name: str, low: int, high: int | None = None, hint: str = "") -> str | None:
+            value = getattr(self, name)
+            if value is None:
+                return None
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < low
+                or (high is not None and value >= high)
+            ):
+                top = "" if high is None else f" and < {high}"
+                return f"{name}={value!r} must be an int >= {low}{top}{hint}"
+            return None
+
+        def fraction(name: str) -> str | None:
+            value = getattr(self, name)
+            if value is None or (isinstance(value, int | float) and 0.0 <= value <= 1.0):
+                return None
+            return f"{name}={value!r} must be a number between 0 and 1"
+
+        temperature = self.temperature
+        return [
+            integer("max_tokens", -1, hint=" (-1: no limit, None: the engine's default)"),
+            None
+            if temperature is None
+            or (isinstance(temperature, int | float) and math.isfinite(temperature))
+            else f"temperature={temperature!r} must be a finite number (<= 0: greedy)",
+            integer("top_k", 0, hint=" (0: off)"),
+            fraction("top_p"),
+            fraction("min_p"),
+            integer("seed", 0, _SEED_LIMIT, " (None: a random seed each call)"),
+            f"stop={self.stop!r} must be strings, none of them empty"
+            if self.stop is not None and any(not isinstance(s, str) or not s for s in self.stop)
+            else None,
+            f"ignore_eos={self.ignore_eos!r} must be True, False or None"
+            if self.ignore_eos is not None and not isinstance(self.ignore_eos, bool)
+            else None,
+        ]
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        """``stop`` as a tuple (empty when unset)."""
+        return tuple(self.stop or ())
+
+    def given(self) -> dict[str, Any]:
+        """The fields that are set (not ``None``), by name."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: value for name, value in values.items() if value is not None}
+
+    def merged(self, overrides: Mapping[str, Any]) -> SamplingOptions:
+        """A copy with ``overrides`` (field name to value) applied; ``self`` when there are none."""
+        return replace(self, **overrides) if overrides else self
+
+
+class SamplingArgs(TypedDict, total=False):
+    """The keyword form of :class:`SamplingOptions` (``**kwargs: Unpack[SamplingArgs]``)."""
+
+    max_tokens: int | None
+    temperature: float | None
+    top_k: int | None
+    top_p: float | None
+    min_p: float | None
+    seed: int | None
+    stop: str | Sequence[str] | None
+    ignore_eos: bool | None
+
+
+_FIELDS = frozenset(SamplingArgs.__annotations__)
+
+
+def sampling_from(
+    sampling: SamplingOptions | None,
+    kwargs: Mapping[str, Any],
+    where: str,
+    *,
+    extra: dict[str, Any] | None = None,
+) -> SamplingOptions:
+    """``sampling`` with the keyword arguments of a call (``kwargs``) applied on top.
+
+    A keyword that is no sampling option raises :class:`TypeError` naming ``where``, unless
+    ``extra`` is given: then it goes there, with a :class:`DeprecationWarning` (the clients used to
+    put any keyword into the request body; ``extra_body=`` says so explicitly).
+    """
+    if sampling is not None and not isinstance(sampling, SamplingOptions):
+        raise TypeError(
+            f"{where}: sampling={sampling!r} must be a SamplingOptions (or pass the options as "
+            "keyword arguments)"
+        )
+    unknown = sorted(set(kwargs) - _FIELDS)
+    if unknown and extra is None:
+        raise TypeError(
+            f"{where}() got unexpected keyword argument(s) {', '.join(unknown)}; the sampling "
+            f"options are {', '.join(sorted(_FIELDS))}"
+        )
+    if unknown and extra is not None:
+        warnings.warn(
+            f"{where}(): passing {', '.join(unknown)} as keyword arguments to go into the "
+            "request body is deprecated; use extra_body={...}",
+            DeprecationWarning,
+            stacklevel=4,
+        )
+        extra.update((k, kwargs[k]) for k in unknown)
+    known = {k: v for k, v in kwargs.items() if k in _FIELDS}
+    return (sampling or SamplingOptions()).merged(known)
 
 
 def _int(value: object) -> int:

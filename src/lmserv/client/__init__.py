@@ -13,7 +13,7 @@ The OpenAI SDK works against the same server at ``base_url + "/v1"``.
 
 from __future__ import annotations
 
-from lmserv._types import ChatCompletion, Completion, Timings
+from lmserv._types import ChatCompletion, Completion, SamplingOptions, Timings
 from lmserv.client._client import (
     DEFAULT_TIMEOUT,
     AsyncClient,
@@ -30,6 +30,7 @@ __all__ = [
     "ChatCompletion",
     "Client",
     "Completion",
+    "SamplingOptions",
     "TextStream",
     "Timings",
     "error_from_response",

@@ -10,11 +10,18 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import httpx
 
-from lmserv._types import ChatCompletion, Completion
+from lmserv._types import (
+    ChatCompletion,
+    Completion,
+    Messages,
+    SamplingArgs,
+    SamplingOptions,
+    sampling_from,
+)
 from lmserv.client._responses import (
     AsyncTextStream,
     TextStream,
@@ -24,6 +31,9 @@ from lmserv.client._responses import (
     error_from_response,
 )
 from lmserv.errors import ServerUnavailable
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -38,10 +48,15 @@ __all__ = [
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 _GET_ATTEMPTS = 3  # GETs are idempotent: retried on a refused or dropped connection only
 
-Messages = str | Sequence[Mapping[str, Any]]
 _NATIVE = "/completion"  # llama-server's native route: prompt in, n_predict, "stop" event
 _CHAT = "/v1/chat/completions"  # the OpenAI-style route: messages in, max_tokens, [DONE]
 R = TypeVar("R", Completion, ChatCompletion)
+_METHOD = {
+    (_NATIVE, False): "complete",
+    (_NATIVE, True): "stream",
+    (_CHAT, False): "chat",
+    (_CHAT, True): "chat_stream",
+}
 
 
 def _metrics(text: str) -> dict[str, float]:
@@ -103,25 +118,26 @@ class _Base:
         return 0.1 * 2.0**attempt
 
     # -- request bodies -------------------------------------------------------------------
-    @staticmethod
     def _generate_request(
+        self,
         path: str,
         prompt: Messages,
-        max_tokens: int | None,
-        temperature: float | None,
-        top_k: int | None,
-        top_p: float | None,
-        seed: int | None,
-        stop: str | Sequence[str] | None,
-        options: Mapping[str, Any],
+        sampling: SamplingOptions | None,
+        kwargs: Mapping[str, Any],
+        extra_body: Mapping[str, Any] | None,
         *,
         stream: bool = False,
     ) -> tuple[str, dict[str, Any]]:
         """Path and body of a generation: a prompt on ``_NATIVE`` (``/completion``), or
-        messages on ``_CHAT`` (a ``str`` is one user turn). ``options`` go in last and win;
-        a chat stream asks for the usage chunk too, unless ``options`` set ``stream_options``.
+        messages on ``_CHAT`` (a ``str`` is one user turn). Sampling options left unset are not
+        sent (llama-server's defaults apply); ``extra_body`` goes in last and wins. A chat
+        stream asks for the usage chunk too, unless ``extra_body`` sets ``stream_options``.
         """
         chat = path == _CHAT
+        extra = dict(extra_body or {})
+        options = sampling_from(
+            sampling, kwargs, f"{type(self).__name__}.{_METHOD[path, stream]}", extra=extra
+        )
         body: dict[str, Any] = {}
         if not chat:
             body["prompt"] = prompt
@@ -129,19 +145,14 @@ class _Base:
             body["messages"] = [{"role": "user", "content": prompt}]
         else:
             body["messages"] = list(prompt)
-        if max_tokens is not None:
-            body["max_tokens" if chat else "n_predict"] = max_tokens
-        for key, value in (
-            ("temperature", temperature),
-            ("top_k", top_k),
-            ("top_p", top_p),
-            ("seed", seed),
-        ):
-            if value is not None:
-                body[key] = value
-        if stop is not None:
-            body["stop"] = [stop] if isinstance(stop, str) else list(stop)
-        body.update(options)
+        for name, value in options.given().items():
+            if name == "max_tokens":
+                body["max_tokens" if chat else "n_predict"] = value
+            elif name == "stop":
+                body["stop"] = list(value)
+            else:
+                body[name] = value
+        body.update(extra)
         if stream:
             body = {**body, "stream": True}
             if chat:
@@ -157,12 +168,24 @@ class _Base:
         return _EventParser[ChatCompletion](True, f"POST {_CHAT}")
 
     @staticmethod
-    def _embed_request(texts: str | Sequence[str]) -> tuple[str, dict[str, Any]]:
-        return "/v1/embeddings", {"input": [texts] if isinstance(texts, str) else list(texts)}
+    def _embed_request(texts: str | Sequence[str], normalize: bool) -> tuple[str, dict[str, Any]]:
+        # embd_normalize: llama.cpp's code for the norm, 2 (Euclidean) or -1 (none)
+        inputs = [texts] if isinstance(texts, str) else list(texts)
+        return "/v1/embeddings", {"input": inputs, "embd_normalize": 2 if normalize else -1}
 
     @staticmethod
-    def _tokenize_request(text: str, add_special: bool) -> tuple[str, dict[str, Any]]:
-        return "/tokenize", {"content": text, "add_special": add_special}
+    def _tokenize_requests(
+        text: str | Sequence[str], add_special: bool, parse_special: bool
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """One ``/tokenize`` request per text (the route reads a list as one mixed prompt)."""
+        texts = [text] if isinstance(text, str) else list(text)
+        return [
+            (
+                "/tokenize",
+                {"content": t, "add_special": add_special, "parse_special": parse_special},
+            )
+            for t in texts
+        ]
 
     @staticmethod
     def _detokenize_request(ids: Sequence[int]) -> tuple[str, dict[str, Any]]:
@@ -174,9 +197,12 @@ class _Base:
         return list(data.get("data", []))
 
     @staticmethod
-    def _embed_result(data: Mapping[str, Any]) -> list[list[float]]:
+    def _embed_result(
+        data: Mapping[str, Any], texts: str | Sequence[str]
+    ) -> list[float] | list[list[float]]:
         rows = sorted(data.get("data", []), key=lambda row: int(row.get("index", 0)))
-        return [[float(x) for x in row["embedding"]] for row in rows]
+        vectors = [[float(x) for x in row["embedding"]] for row in rows]
+        return vectors[0] if isinstance(texts, str) else vectors
 
     @staticmethod
     def _tokenize_result(data: Mapping[str, Any]) -> list[int]:
@@ -195,8 +221,10 @@ class Client(_Base):
 
     Every method raises :class:`~lmserv.errors.APIError` subclasses: the status's class with
     the server's message, or :class:`~lmserv.errors.ServerUnavailable` when the server is not
-    reachable, still loading, or drops the connection. Sampling arguments left ``None`` take
-    llama-server's defaults; ``**options`` go into the request body unchanged.
+    reachable, still loading, or drops the connection. Generation takes its sampling options as
+    a :class:`~lmserv.SamplingOptions` and/or the same-named keywords (a keyword wins); options
+    left unset take llama-server's defaults. ``extra_body`` goes into the request body as is
+    (llama-server's own fields, e.g. ``{"n_probs": 3}``).
     """
 
     def __init__(
@@ -263,86 +291,86 @@ class Client(_Base):
     def complete(
         self,
         prompt: str,
+        sampling: SamplingOptions | None = None,
         *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        **options: Any,
+        extra_body: Mapping[str, Any] | None = None,
+        **kwargs: Unpack[SamplingArgs],
     ) -> Completion:
         """Complete ``prompt`` on native ``POST /completion``."""
-        request = self._generate_request(
-            _NATIVE, prompt, max_tokens, temperature, top_k, top_p, seed, stop, options
-        )
+        request = self._generate_request(_NATIVE, prompt, sampling, kwargs, extra_body)
         return Completion.from_json(self._post(*request))
 
     def stream(
         self,
         prompt: str,
+        sampling: SamplingOptions | None = None,
         *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        **options: Any,
+        extra_body: Mapping[str, Any] | None = None,
+        **kwargs: Unpack[SamplingArgs],
     ) -> TextStream[Completion]:
         """Like :meth:`complete`, yielding text chunks as they arrive (``.result`` at the end)."""
-        request = self._generate_request(
-            _NATIVE, prompt, max_tokens, temperature, top_k, top_p, seed, stop, options, stream=True
-        )
+        request = self._generate_request(_NATIVE, prompt, sampling, kwargs, extra_body, stream=True)
         return self._open_stream(*request, self._completion_events())
 
     def chat(
         self,
         messages: Messages,
+        sampling: SamplingOptions | None = None,
         *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        **options: Any,
+        extra_body: Mapping[str, Any] | None = None,
+        **kwargs: Unpack[SamplingArgs],
     ) -> ChatCompletion:
         """Answer a conversation on ``POST /v1/chat/completions`` (a ``str`` is one user turn)."""
-        request = self._generate_request(
-            _CHAT, messages, max_tokens, temperature, top_k, top_p, seed, stop, options
-        )
+        request = self._generate_request(_CHAT, messages, sampling, kwargs, extra_body)
         return ChatCompletion.from_json(self._post(*request))
 
     def chat_stream(
         self,
         messages: Messages,
+        sampling: SamplingOptions | None = None,
         *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        **options: Any,
+        extra_body: Mapping[str, Any] | None = None,
+        **kwargs: Unpack[SamplingArgs],
     ) -> TextStream[ChatCompletion]:
         """Like :meth:`chat`, yielding text chunks as they arrive (``.result`` at the end)."""
-        request = self._generate_request(
-            _CHAT, messages, max_tokens, temperature, top_k, top_p, seed, stop, options, stream=True
-        )
+        request = self._generate_request(_CHAT, messages, sampling, kwargs, extra_body, stream=True)
         return self._open_stream(*request, self._chat_events())
 
-    def embed(self, texts: str | Sequence[str]) -> list[list[float]]:
-        """One embedding per text, on ``POST /v1/embeddings``.
+    # A str is also a Sequence[str]: the first matching overload wins, which is the intent.
+    @overload
+    def embed(self, texts: str, *, normalize: bool = True) -> list[float]: ...  # type: ignore[overload-overlap]
+    @overload
+    def embed(self, texts: Sequence[str], *, normalize: bool = True) -> list[list[float]]: ...
+    def embed(
+        self, texts: str | Sequence[str], *, normalize: bool = True
+    ) -> list[float] | list[list[float]]:
+        """The embedding of a text (a ``str`` gives one vector, a list one vector per text),
+        L2-normalised unless ``normalize=False``, on ``POST /v1/embeddings``.
 
         The server must run with ``--embeddings`` and a pooling type (``--pooling mean``
         for models without one); otherwise this raises the server's error.
         """
-        return self._embed_result(self._post(*self._embed_request(texts)))
+        return self._embed_result(self._post(*self._embed_request(texts, normalize)), texts)
 
-    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
-        """Token ids of ``text`` (``add_special`` also adds BOS as a prompt would)."""
-        return self._tokenize_result(self._post(*self._tokenize_request(text, add_special)))
+    @overload
+    def tokenize(  # type: ignore[overload-overlap]
+        self, text: str, *, add_special: bool = False, parse_special: bool = True
+    ) -> list[int]: ...
+    @overload
+    def tokenize(
+        self, text: Sequence[str], *, add_special: bool = False, parse_special: bool = True
+    ) -> list[list[int]]: ...
+    def tokenize(
+        self, text: str | Sequence[str], *, add_special: bool = False, parse_special: bool = True
+    ) -> list[int] | list[list[int]]:
+        """Token ids of ``text`` (a list gives one list of ids per text).
+
+        ``add_special`` adds the start token (BOS) as a prompt gets it; ``parse_special`` reads
+        control-token text such as ``<|im_start|>`` as those tokens, as prompts are read.
+        """
+        requests = self._tokenize_requests(text, add_special, parse_special)
+        ids = [self._tokenize_result(self._post(*request)) for request in requests]
+        return ids[0] if isinstance(text, str) else ids
 
     def detokenize(self, ids: Sequence[int]) -> str:
         """The text of token ``ids``."""
@@ -428,82 +456,77 @@ class AsyncClient(_Base):
     async def complete(
         self,
         prompt: str,
+        sampling: SamplingOptions | None = None,
         *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        **options: Any,
+        extra_body: Mapping[str, Any] | None = None,
+        **kwargs: Unpack[SamplingArgs],
     ) -> Completion:
         """See :meth:`Client.complete`."""
-        request = self._generate_request(
-            _NATIVE, prompt, max_tokens, temperature, top_k, top_p, seed, stop, options
-        )
+        request = self._generate_request(_NATIVE, prompt, sampling, kwargs, extra_body)
         return Completion.from_json(await self._post(*request))
 
     async def stream(
         self,
         prompt: str,
+        sampling: SamplingOptions | None = None,
         *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        **options: Any,
+        extra_body: Mapping[str, Any] | None = None,
+        **kwargs: Unpack[SamplingArgs],
     ) -> AsyncTextStream[Completion]:
         """See :meth:`Client.stream`."""
-        request = self._generate_request(
-            _NATIVE, prompt, max_tokens, temperature, top_k, top_p, seed, stop, options, stream=True
-        )
+        request = self._generate_request(_NATIVE, prompt, sampling, kwargs, extra_body, stream=True)
         return await self._open_stream(*request, self._completion_events())
 
     async def chat(
         self,
         messages: Messages,
+        sampling: SamplingOptions | None = None,
         *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        **options: Any,
+        extra_body: Mapping[str, Any] | None = None,
+        **kwargs: Unpack[SamplingArgs],
     ) -> ChatCompletion:
         """See :meth:`Client.chat`."""
-        request = self._generate_request(
-            _CHAT, messages, max_tokens, temperature, top_k, top_p, seed, stop, options
-        )
+        request = self._generate_request(_CHAT, messages, sampling, kwargs, extra_body)
         return ChatCompletion.from_json(await self._post(*request))
 
     async def chat_stream(
         self,
         messages: Messages,
+        sampling: SamplingOptions | None = None,
         *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        **options: Any,
+        extra_body: Mapping[str, Any] | None = None,
+        **kwargs: Unpack[SamplingArgs],
     ) -> AsyncTextStream[ChatCompletion]:
         """See :meth:`Client.chat_stream`."""
-        request = self._generate_request(
-            _CHAT, messages, max_tokens, temperature, top_k, top_p, seed, stop, options, stream=True
-        )
+        request = self._generate_request(_CHAT, messages, sampling, kwargs, extra_body, stream=True)
         return await self._open_stream(*request, self._chat_events())
 
-    async def embed(self, texts: str | Sequence[str]) -> list[list[float]]:
+    @overload
+    async def embed(self, texts: str, *, normalize: bool = True) -> list[float]: ...  # type: ignore[overload-overlap]
+    @overload
+    async def embed(self, texts: Sequence[str], *, normalize: bool = True) -> list[list[float]]: ...
+    async def embed(
+        self, texts: str | Sequence[str], *, normalize: bool = True
+    ) -> list[float] | list[list[float]]:
         """See :meth:`Client.embed`."""
-        return self._embed_result(await self._post(*self._embed_request(texts)))
+        data = await self._post(*self._embed_request(texts, normalize))
+        return self._embed_result(data, texts)
 
-    async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+    @overload
+    async def tokenize(  # type: ignore[overload-overlap]
+        self, text: str, *, add_special: bool = False, parse_special: bool = True
+    ) -> list[int]: ...
+    @overload
+    async def tokenize(
+        self, text: Sequence[str], *, add_special: bool = False, parse_special: bool = True
+    ) -> list[list[int]]: ...
+    async def tokenize(
+        self, text: str | Sequence[str], *, add_special: bool = False, parse_special: bool = True
+    ) -> list[int] | list[list[int]]:
         """See :meth:`Client.tokenize`."""
-        return self._tokenize_result(await self._post(*self._tokenize_request(text, add_special)))
+        requests = self._tokenize_requests(text, add_special, parse_special)
+        ids = [self._tokenize_result(await self._post(*request)) for request in requests]
+        return ids[0] if isinstance(text, str) else ids
 
     async def detokenize(self, ids: Sequence[int]) -> str:
         """See :meth:`Client.detokenize`."""
