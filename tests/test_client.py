@@ -192,7 +192,7 @@ def test_api_key_enforced_and_embeddings(llama_build: LlamaBuild, model: Path) -
     key = "s3cret-" + os.urandom(4).hex()
     extra = ("--embeddings", "--pooling", "mean", "-t", "1")
     with LlamaServer(model, api_key=key, parallel=1, extra_args=extra) as server:
-        assert key not in " ".join(server.args())  # the key goes by environment, not argv
+        assert key not in " ".join(server.command())  # the key goes by environment, not argv
         with Client(server.base_url) as anonymous:
             assert anonymous.health()["status"] == "ok"  # /health is exempt from the key
             with pytest.raises(AuthenticationError) as denied:

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from lmserv import (
+    ChatCompletion,
     Completion,
     ConfigError,
     ContextOverflow,
@@ -130,7 +131,7 @@ def test_seeded_sampling_is_reproducible(llm: Llama) -> None:
 
 def test_multibyte_text_split_across_tokens_is_reassembled(llm: Llama) -> None:
     text = "héllo😀日本"
-    tokens = llm.tokenize(text, add_bos=False)
+    tokens = llm.tokenize(text)
     pieces = [llm._piece(t) for t in tokens]
     assert any(_is_incomplete_utf8(p) for p in pieces), "the test needs split characters"
     assembler = PieceAssembler()
@@ -151,8 +152,8 @@ def _is_incomplete_utf8(data: bytes) -> bool:
 def test_generation_stops_when_the_context_is_full(counting_model: Path) -> None:
     with Llama(counting_model, n_ctx=256, n_threads=1) as small:
         prompt = "one " * 240 + "one two"
-        n_prompt = len(small.tokenize(prompt))
-        done = small.complete(prompt, max_tokens=None, temperature=0, ignore_eos=True)
+        n_prompt = len(small.tokenize(prompt, add_special=True))
+        done = small.complete(prompt, max_tokens=-1, temperature=0, ignore_eos=True)
         assert done.prompt_tokens == n_prompt
         assert done.completion_tokens == small.n_ctx - n_prompt + 1
         assert done.finish_reason == "length"
@@ -201,11 +202,11 @@ def test_reuse_prompt_keeps_the_common_prefix(counting_model: Path) -> None:
 
 
 def test_tokenize_detokenize(llm: Llama) -> None:
-    ids = llm.tokenize("one two")
+    ids = llm.tokenize("one two", add_special=True)
     assert len(ids) == 3  # BOS, ▁one, ▁two
-    assert llm.tokenize("one two", add_bos=False) == ids[1:]
+    assert llm.tokenize("one two") == ids[1:]  # no BOS unless asked, as llama-server's /tokenize
     assert llm.detokenize(ids[1:]) == "one two"
-    assert llm.tokenize("") == ids[:1]
+    assert llm.tokenize("", add_special=True) == ids[:1]
     with pytest.raises(ConfigError, match="outside this model's vocabulary"):
         llm.detokenize([10**6])
 
@@ -228,8 +229,8 @@ def test_chat_with_builtin_template(counting_model: Path) -> None:
             "<|im_start|>user\none two<|im_end|>\n<|im_start|>assistant\n"
         )
         reply = chat.chat(messages, max_tokens=4, temperature=0)
-        assert isinstance(reply, str)
-        assert reply == "".join(chat.chat_stream(messages, max_tokens=4, temperature=0))
+        assert isinstance(reply, ChatCompletion)
+        assert reply.text == "".join(chat.chat_stream(messages, max_tokens=4, temperature=0))
         with pytest.raises(ConfigError, match="role"):
             chat.format_chat([{"content": "x"}])
 

@@ -331,11 +331,11 @@ def eight_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_llama_server_passes_split_options(
     eight_gpus: None, tiny_model: Path, llama_build: LlamaBuild
 ) -> None:
-    server = LlamaServer(tiny_model, devices=[0, 2], tensor_split=[1, 1], ctx_size=512)
-    argv = server.args()
+    server = LlamaServer(tiny_model, devices=[0, 2], tensor_split=[1, 1], n_ctx=512)
+    argv = server.command()
     assert argv[argv.index("--device") + 1] == "CUDA0,CUDA2"
     assert argv[argv.index("--tensor-split") + 1] == "1,1"
-    tensor = LlamaServer(tiny_model, split_mode="tensor", ctx_size=512).args()
+    tensor = LlamaServer(tiny_model, split_mode="tensor", n_ctx=512).command()
     assert tensor[tensor.index("--split-mode") + 1] == "tensor"
     assert tensor[tensor.index("--flash-attn") + 1] == "on"
     assert "--tensor-split" in tensor  # from plan_offload: --fit does not work in tensor mode

@@ -13,7 +13,8 @@ EXPECTED = {
     "ChatCompletion", "Completion", "Timings", "SamplingOptions", "LlamaParams", "Settings", "ServerInfo", "GPU",
     "OffloadPlan", "SplitOptions", "CatalogEntry", "LocalModel", "LlamaBuild",
     # what runs a model
-    "LlamaServer", "Client", "AsyncClient", "TextStream", "AsyncTextStream", "Llama", "RpcWorker",
+    "LlamaServer", "Client", "AsyncClient", "TextStream", "AsyncTextStream", "Llama", "LlamaStream",
+    "RpcWorker",
     # functions the README and docs use
     "build_llama_cpp", "download_file", "download_models", "ensure_model", "list_models",
     "remove_model", "load_catalog", "find_binary", "find_library", "detect_gpus", "plan_offload",

@@ -27,7 +27,7 @@ from lmserv.testing import COUNTING_CONTINUATION, COUNTING_PROMPT, write_countin
 pytestmark = pytest.mark.slow
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-SMALL = {"ctx_size": 256, "parallel": 1, "extra_args": ("-t", "1")}
+SMALL = {"n_ctx": 256, "parallel": 1, "extra_args": ("-t", "1")}
 
 
 @pytest.fixture(scope="module")

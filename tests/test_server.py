@@ -113,7 +113,7 @@ def test_server_killed_mid_stream_raises_clear_error(
     llama_build: LlamaBuild, model_dir: Path
 ) -> None:
     slow = write_synthetic_model(model_dir / "synthetic.gguf", params=20_000_000, quant="f16")
-    with LlamaServer(slow, parallel=1, ctx_size=4096, extra_args=THREADS) as server:
+    with LlamaServer(slow, parallel=1, n_ctx=4096, extra_args=THREADS) as server:
         client = server.client()
         stream = client.stream("hello", max_tokens=4000, ignore_eos=True, temperature=0)
         chunks = iter(stream)

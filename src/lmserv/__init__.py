@@ -8,6 +8,7 @@ Public API (see README.md)::
     from lmserv import LlamaServer, Client, AsyncClient
     from lmserv import RpcWorker, split_options          # several machines / GPUs
     from lmserv import Llama, LlamaParams   # in-process inference (loads libllama lazily)
+    from lmserv import SamplingOptions      # what Client, AsyncClient and Llama generate with
     from lmserv.testing import write_counting_model   # test models stay a submodule
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)
 
+from lmserv._bindings._stream import LlamaStream
 from lmserv._bindings.llama import Llama
 from lmserv._bindings.params import LlamaParams
 from lmserv._types import ChatCompletion, Completion, SamplingOptions, Timings
@@ -102,6 +104,7 @@ __all__ = [
     "LlamaError",
     "LlamaParams",
     "LlamaServer",
+    "LlamaStream",
     "LmservError",
     "LocalModel",
     "ModelError",

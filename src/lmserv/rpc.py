@@ -44,6 +44,7 @@ import socket
 import subprocess
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -210,7 +211,7 @@ _LIVE: weakref.WeakSet[RpcWorker] = weakref.WeakSet()
 def _stop_all() -> None:
     for worker in list(_LIVE):
         with contextlib.suppress(Exception):
-            worker.stop(grace=2.0)
+            worker.stop(timeout=2.0)
 
 
 class RpcWorker:
@@ -227,8 +228,12 @@ class RpcWorker:
 
     ``start()`` returns once the port accepts TCP connections and raises :class:`WorkerError`
     (with ``returncode`` and ``log_tail``) as soon as the process exits instead; ``stop()`` sends
-    SIGTERM, then SIGKILL after a grace period. On Linux the worker also gets SIGTERM if the
-    Python process dies. Bad arguments raise :class:`ConfigError` at construction.
+    SIGTERM, then SIGKILL after ``stop_timeout`` seconds. On Linux the worker also gets SIGTERM if
+    the Python process dies. Bad arguments raise :class:`ConfigError` at construction.
+
+    Its lifecycle is :class:`~lmserv.LlamaServer`'s: ``start()``, ``stop(timeout)``, ``wait()``,
+    ``running``, ``pid``, ``port``, ``returncode``, ``command()``, ``log_path``, ``log_tail()``
+    and ``with``; ``stop(grace=...)`` is the deprecated old spelling of ``stop(timeout=...)``.
     """
 
     def __init__(
@@ -242,6 +247,7 @@ class RpcWorker:
         binary: str | os.PathLike[str] | None = None,
         log_path: str | os.PathLike[str] | None = None,
         start_timeout: float = _START_TIMEOUT,
+        stop_timeout: float = _STOP_GRACE,
     ) -> None:
         try:
             ipaddress.IPv4Address(host)
@@ -275,6 +281,7 @@ class RpcWorker:
         self._log_path_arg = Path(log_path) if log_path is not None else None
         self.log_path: Path | None = self._log_path_arg
         self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
 
@@ -341,7 +348,7 @@ class RpcWorker:
                 return []
             time.sleep(0.05)
 
-    def log_tail(self, lines: int = 40) -> str:
+    def log_tail(self, lines: int = 50) -> str:
         """The last ``lines`` lines of the worker's log ('' before the first start)."""
         if self.log_path is None:
             return ""
@@ -466,21 +473,29 @@ class RpcWorker:
             raise WorkerError("RpcWorker.wait(): the worker was never started")
         return self._proc.wait(timeout)
 
-    def stop(self, grace: float = _STOP_GRACE) -> int | None:
-        """Stop the worker: SIGTERM, then SIGKILL after ``grace`` seconds. Safe to call twice.
+    def stop(self, timeout: float | None = None, *, grace: float | None = None) -> int | None:
+        """Stop the worker: SIGTERM, then SIGKILL after ``timeout`` seconds (``stop_timeout``
+        by default). Safe to call twice.
 
         Returns the exit code (``None`` if it was never started).
         """
+        if grace is not None:
+            warnings.warn(
+                "RpcWorker.stop(grace=...) is deprecated; use stop(timeout=...)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            timeout = grace if timeout is None else timeout
         with self._lock:
-            return self._terminate(grace)
+            return self._terminate(timeout)
 
-    def _terminate(self, grace: float = _STOP_GRACE) -> int | None:
+    def _terminate(self, timeout: float | None = None) -> int | None:
         proc = self._proc
         if proc is None:
             return None
         return terminate(
             proc,
-            grace,
+            self.stop_timeout if timeout is None else timeout,
             before_kill=lambda: logger.warning(
                 "RPC worker pid %s ignored SIGTERM; killing it", proc.pid
             ),

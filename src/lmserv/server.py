@@ -26,6 +26,7 @@ import subprocess
 import threading
 import time
 import urllib.parse
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,15 @@ import httpx
 
 from lmserv._process import new_log_path, read_tail, spawn, terminate
 from lmserv.client._client import DEFAULT_TIMEOUT, Client
-from lmserv.errors import BinaryNotFound, ServerError, ServerStartError, ServerTimeout, WorkerError
-from lmserv.gpu._split import llama_server_args, normalize_endpoints
+from lmserv.errors import (
+    BinaryNotFound,
+    ConfigError,
+    ServerError,
+    ServerStartError,
+    ServerTimeout,
+    WorkerError,
+)
+from lmserv.gpu._split import SplitOptions, llama_server_args, normalize_endpoints
 from lmserv.install.finder import find_binary
 from lmserv.rpc import check_endpoints, is_loopback
 
@@ -141,6 +149,10 @@ def _http_get(base_url: str, path: str) -> int:
         conn.close()
 
 
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning, stacklevel=3)
+
+
 def _is_loopback(host: str) -> bool:
     # llama-server also listens on a unix socket when the host ends in ".sock": local only.
     return host == "" or host.endswith(".sock") or is_loopback(host)
@@ -153,16 +165,22 @@ class LlamaServer:
     ...     print(server.client().complete("Hello", max_tokens=8).text)
 
     Arguments map to llama-server's flags; ``None`` leaves llama-server's own default:
-    ``ctx_size`` (``-c``; default from the model), ``n_gpu_layers`` (``-ngl``; ``"auto"``
-    lets llama.cpp fit as many layers as memory allows, ``"all"`` or a number), ``parallel``
-    (``-np``; default 4 slots sharing one KV cache), ``api_key``, ``rpc`` (``host:port``
-    workers; each is probed before start, and a dead one raises
-    :class:`~lmserv.errors.WorkerError` naming it). Multi-GPU: ``split_mode`` (``"layer"``,
-    ``"tensor"``, ``"none"``), ``tensor_split`` (shares per device), ``main_gpu``, ``devices``
-    (names such as ``"CUDA0"`` or GPU indices); validated before start, see
-    ``docs/distributed.md``. ``extra_args`` are appended verbatim (e.g. ``("--embeddings", "--pooling",
+    ``n_ctx`` (``-c``, the context llama.cpp allocates, as ``Llama(n_ctx=...)``; the slots share
+    it; default from the model), ``n_gpu_layers`` (``-ngl``; ``"auto"`` lets llama.cpp fit as
+    many layers as free memory allows, ``"all"`` or a number), ``parallel`` (``-np``; default
+    4 slots sharing one KV cache), ``api_key``, ``rpc`` (``host:port`` workers; each is probed
+    before start, and a dead one raises :class:`~lmserv.errors.WorkerError` naming it).
+    Multi-GPU: a :class:`~lmserv.SplitOptions` as ``split=`` (as ``Llama`` takes it), or its
+    fields as keywords: ``split_mode`` (``"layer"``, ``"tensor"``, ``"none"``),
+    ``tensor_split`` (shares per device), ``main_gpu``, ``devices`` (names such as ``"CUDA0"``
+    or GPU indices); validated before start, see ``docs/distributed.md``. ``extra_args`` are appended verbatim (e.g. ``("--embeddings", "--pooling",
     "mean")``). ``port=None`` lets the OS pick a free port (``--port 0``), so two servers never
     race for one. ``binary`` defaults to the finder's ``llama-server``.
+
+    Its lifecycle is :class:`~lmserv.RpcWorker`'s: ``start()``, ``stop(timeout)``, ``wait()``,
+    ``running``, ``pid``, ``port``, ``returncode``, ``command()``, ``log_path``, ``log_tail()``
+    and ``with``. ``ctx_size=`` and ``args()`` are the deprecated old names of ``n_ctx=`` and
+    ``command()``.
 
     Raises :class:`~lmserv.errors.BinaryNotFound` (no binary), :class:`ServerStartError`
     (the process exited: exit code and its last log lines attached), or :class:`ServerTimeout`.
@@ -174,7 +192,7 @@ class LlamaServer:
         *,
         host: str = "127.0.0.1",
         port: int | None = None,
-        ctx_size: int | None = None,
+        n_ctx: int | None = None,
         n_gpu_layers: int | str = "auto",
         parallel: int | None = None,
         api_key: str | None = None,
@@ -190,11 +208,28 @@ class LlamaServer:
         tensor_split: str | Sequence[float] | None = None,
         main_gpu: int | None = None,
         devices: str | Sequence[str | int] | None = None,
+        split: SplitOptions | None = None,
+        ctx_size: int | None = None,
     ) -> None:
+        if ctx_size is not None:
+            _deprecated("LlamaServer(ctx_size=...)", "n_ctx=")
+            if n_ctx is not None and n_ctx != ctx_size:
+                raise ConfigError(
+                    f"n_ctx={n_ctx} and ctx_size={ctx_size} disagree; pass n_ctx only"
+                )
+            n_ctx = ctx_size
+        if split is not None:
+            if any(v is not None for v in (split_mode, tensor_split, main_gpu, devices)):
+                raise ConfigError(
+                    "pass the multi-GPU options either as split=SplitOptions(...) or as "
+                    "split_mode/tensor_split/main_gpu/devices keywords, not both"
+                )
+            split_mode, tensor_split = split.split_mode, split.tensor_split
+            main_gpu, devices = split.main_gpu, split.devices
         self.model = Path(model)
         self.host = host
-        self.port = port
-        self.ctx_size = ctx_size
+        self._requested_port = port
+        self.n_ctx = n_ctx
         self.n_gpu_layers = n_gpu_layers
         self.parallel = parallel
         self.api_key = api_key
@@ -219,8 +254,19 @@ class LlamaServer:
         self._lock = threading.Lock()
 
     # -- arguments ------------------------------------------------------------------------
+    @property
+    def ctx_size(self) -> int | None:
+        """Deprecated: the old name of :attr:`n_ctx`."""
+        _deprecated("LlamaServer.ctx_size", "n_ctx")
+        return self.n_ctx
+
     def args(self) -> list[str]:
-        """The command line that :meth:`start` runs (binary resolved)."""
+        """Deprecated: the old name of :meth:`command`."""
+        _deprecated("LlamaServer.args()", "command()")
+        return self.command()
+
+    def command(self) -> list[str]:
+        """The argument list that :meth:`start` runs (binary resolved; no shell involved)."""
         binary = self.binary or find_binary("llama-server")
         if not binary.is_file():
             raise BinaryNotFound(
@@ -230,9 +276,10 @@ class LlamaServer:
                 searched=(str(binary),),
             )
         argv = [str(binary), "-m", str(self.model), "--host", self.host]
-        argv += ["--port", str(self.port if self.port is not None else 0)]
-        if self.ctx_size is not None:
-            argv += ["-c", str(self.ctx_size)]
+        port = self._requested_port
+        argv += ["--port", str(port if port is not None else 0)]
+        if self.n_ctx is not None:
+            argv += ["-c", str(self.n_ctx)]
         if self.n_gpu_layers != "auto":
             argv += ["-ngl", str(self.n_gpu_layers)]
         if self.parallel is not None:
@@ -256,7 +303,7 @@ class LlamaServer:
             main_gpu=self.main_gpu,
             devices=self.devices,
             extra_args=self.extra_args,
-            ctx_size=self.ctx_size,
+            ctx_size=self.n_ctx,
             parallel=self.parallel,
         )
 
@@ -274,6 +321,19 @@ class LlamaServer:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the process ended (``None`` while running or never started)."""
+        return self._proc.returncode if self._proc is not None else None
+
+    @property
+    def port(self) -> int | None:
+        """The port in use once started (chosen by the OS when ``port=None`` was given);
+        before that, the one asked for."""
+        if self._url is not None:
+            return urllib.parse.urlsplit(self._url).port
+        return self._requested_port
 
     @property
     def base_url(self) -> str:
@@ -308,7 +368,7 @@ class LlamaServer:
                     "this host can use it; pass api_key=... (or `--api-key`)",
                     self.host,
                 )
-            argv = self.args()
+            argv = self.command()
             check_endpoints(self.rpc)  # a dead worker: WorkerError naming it, not an abort/hang
             self._launch(argv)
             try:
@@ -441,34 +501,35 @@ class LlamaServer:
                 self.log_path,
             )
 
-    def stop(self) -> int | None:
-        """Stop the server (SIGTERM, again after 1 s, SIGKILL after ``stop_timeout``).
+    def stop(self, timeout: float | None = None) -> int | None:
+        """Stop the server (SIGTERM, again after 1 s, SIGKILL after ``timeout`` seconds,
+        ``stop_timeout`` by default).
 
         Returns its exit code: 0 for a graceful stop, 1 when the second SIGTERM was needed.
 
         Safe to call twice and on a server that was never started (returns ``None``).
         """
         with self._lock:
-            return self._terminate()
+            return self._terminate(timeout)
 
-    def _terminate(self) -> int | None:
+    def _terminate(self, timeout: float | None = None) -> int | None:
         proc = self._proc
         if proc is None:
             return None
         with contextlib.suppress(Exception):
             atexit.unregister(self._terminate)
 
+        grace = self.stop_timeout if timeout is None else timeout
+
         def before_kill() -> None:
             log.warning(
-                "llama-server (pid %d) ignored SIGTERM for %.0fs; killing it",
-                proc.pid,
-                self.stop_timeout,
+                "llama-server (pid %d) ignored SIGTERM for %.0fs; killing it", proc.pid, grace
             )
 
         # resend_after: seen under load at 0c1e570 (not reproduced since), a server stopped
         # right after start ignored its first SIGTERM. A second one makes llama-server's
         # handler call exit(1) at once (tools/server/server.cpp, signal_handler).
-        code = terminate(proc, self.stop_timeout, resend_after=1.0, before_kill=before_kill)
+        code = terminate(proc, grace, resend_after=1.0, before_kill=before_kill)
         self._url = None
         return code
 

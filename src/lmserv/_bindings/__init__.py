@@ -4,7 +4,8 @@
 Pythonic layer and ``params`` its option dataclasses. Importing this package loads nothing.
 """
 
+from lmserv._bindings._stream import LlamaStream
 from lmserv._bindings.llama import Llama
 from lmserv._bindings.params import LlamaParams
 
-__all__ = ["Llama", "LlamaParams"]
+__all__ = ["Llama", "LlamaParams", "LlamaStream"]

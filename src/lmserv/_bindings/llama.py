@@ -5,6 +5,11 @@
 ...     for piece in llm.stream("Once upon a time", seed=1):
 ...         print(piece, end="", flush=True)
 
+It speaks the client's vocabulary: ``complete``/``stream``/``chat``/``chat_stream`` take the same
+:class:`~lmserv.SamplingOptions` (or keywords) and return the same :class:`~lmserv.Completion` /
+:class:`~lmserv.ChatCompletion` as :class:`~lmserv.Client`; ``tokenize`` and ``embed`` take a
+``str`` (one result) or a list (a list of results), as the client's do.
+
 The C library is loaded on the first ``Llama(...)``; nothing happens at ``import lmserv``. One
 ``Llama`` owns one model and one context: it is not thread-safe (use one per thread, or a lock),
 and starting a new generation invalidates a ``stream`` still open on the same object.
@@ -16,22 +21,35 @@ import ctypes
 import logging
 import math
 import os
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING, Any, overload
 
 from lmserv._bindings import _lib
 from lmserv._bindings import _llama_h as h
 from lmserv._bindings._chat import apply_chat_template, builtin_chat_templates
 from lmserv._bindings._generate import Decoder, Handles, Tally
 from lmserv._bindings._split import apply_split, check_tensor_mode
+from lmserv._bindings._stream import LlamaStream, chat_completion, completion
 from lmserv._bindings.params import GpuLayers, LlamaParams, SamplingParams, default_threads
-from lmserv._types import Completion, Timings
+from lmserv._types import (
+    ChatCompletion,
+    Completion,
+    Messages,
+    SamplingArgs,
+    SamplingOptions,
+    sampling_from,
+)
 from lmserv.errors import ConfigError, ContextOverflow, InvalidModelFile, LlamaError
-from lmserv.gpu._split import split_options
+from lmserv.gpu._split import SplitOptions, split_options
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["Llama"]
 
@@ -74,6 +92,10 @@ def _read_string(fill: Callable[[h.CharBuffer, int], int]) -> str | None:
     return None  # pragma: no cover - the string kept growing
 
 
+def _renamed(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated; its new name is {new}", DeprecationWarning, stacklevel=3)
+
+
 def _explain(problems: list[str]) -> str:
     return ("; llama.cpp said: " + " | ".join(problems[-4:])) if problems else ""
 
@@ -85,8 +107,10 @@ class Llama:
         model_path: the ``.gguf`` file.
         n_ctx: context window in tokens (prompt plus generated text); 0 uses the model's
             training context.
-        n_gpu_layers: ``"auto"`` (llama.cpp's default: every layer on the GPUs present, CPU
-            when there are none), ``"all"``, or a number of layers (0 = CPU only).
+        n_gpu_layers: ``"all"`` (every layer on the GPUs the build and machine have, plain CPU
+            when there are none) or a number of layers (0 = CPU only). ``"auto"`` is deprecated
+            here: on :class:`~lmserv.LlamaServer` it means "as many as fit in free memory",
+            which libllama alone does not do; here it always meant ``"all"``.
         n_threads: CPU threads; ``None`` uses every CPU this process may run on.
         embedding: prepare the context for :meth:`embed`.
         seed: default sampling seed for every call; ``None`` draws a fresh one each call.
@@ -95,6 +119,8 @@ class Llama:
             validated exactly as for :class:`~lmserv.LlamaServer` (``"layer"``, ``"tensor"``
             or ``"none"``; shares per device; the GPU used unsplit; device names such as
             ``"CUDA0"``). Tensor mode turns flash attention on and refuses a quantized KV cache.
+        split: the same options as one :class:`~lmserv.SplitOptions` (``split_options(...)``),
+            instead of the four keywords; ``LlamaServer`` takes it too.
 
     Raises :class:`~lmserv.errors.InvalidModelFile` (missing, unreadable or not a model llama.cpp
     can load), :class:`~lmserv.errors.ConfigError` (a bad argument),
@@ -108,7 +134,7 @@ class Llama:
         model_path: str | os.PathLike[str],
         *,
         n_ctx: int = 4096,
-        n_gpu_layers: GpuLayers = "auto",
+        n_gpu_layers: GpuLayers = "all",
         n_threads: int | None = None,
         embedding: bool = False,
         seed: int | None = None,
@@ -117,11 +143,18 @@ class Llama:
         tensor_split: str | Sequence[float] | None = None,
         main_gpu: int | None = None,
         devices: str | Sequence[str | int] | None = None,
+        split: SplitOptions | None = None,
     ) -> None:
         self._params = params or LlamaParams()
         # GPU counts are not checked here (no inventory is taken), exactly as LlamaServer does
         # when it has none.
-        split = split_options(split_mode, tensor_split, main_gpu, devices)
+        if split is None:
+            split = split_options(split_mode, tensor_split, main_gpu, devices)
+        elif any(v is not None for v in (split_mode, tensor_split, main_gpu, devices)):
+            raise ConfigError(
+                "pass the multi-GPU options either as split=SplitOptions(...) or as "
+                "split_mode/tensor_split/main_gpu/devices keywords, not both"
+            )
         flash = check_tensor_mode(
             split, self._params.flash_attn, self._params.type_k, self._params.type_v
         )
@@ -131,7 +164,15 @@ class Llama:
             raise ConfigError(f"n_ctx={n_ctx!r} must be an int >= 0 (0 = the model's own)")
         if n_threads is not None and n_threads < 1:
             raise ConfigError(f"n_threads={n_threads} must be at least 1 (or None: all CPUs)")
-        self._seed = SamplingParams(seed=seed).seed
+        if n_gpu_layers == "auto":
+            warnings.warn(
+                'Llama(n_gpu_layers="auto") is deprecated: it means "all" here (libllama does not '
+                'fit layers to free memory as LlamaServer\'s "auto" does); pass "all" or a number',
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            n_gpu_layers = "all"
+        self._seed = SamplingOptions(seed=seed).seed
         self._embedding = embedding
         self._model_path = Path(model_path).expanduser()
         _check_model_file(self._model_path)
@@ -272,19 +313,60 @@ class Llama:
 
     # -- tokens --------------------------------------------------------------------------------
 
-    def tokenize(self, text: str, add_bos: bool = True, *, special: bool = False) -> list[int]:
-        """Token ids of ``text``.
+    @overload
+    def tokenize(  # type: ignore[overload-overlap]
+        self,
+        text: str,
+        add_bos: bool | None = None,
+        *,
+        add_special: bool = False,
+        parse_special: bool = True,
+        special: bool | None = None,
+    ) -> list[int]: ...
+    @overload
+    def tokenize(
+        self,
+        text: Sequence[str],
+        add_bos: bool | None = None,
+        *,
+        add_special: bool = False,
+        parse_special: bool = True,
+        special: bool | None = None,
+    ) -> list[list[int]]: ...
+    def tokenize(
+        self,
+        text: str | Sequence[str],
+        add_bos: bool | None = None,
+        *,
+        add_special: bool = False,
+        parse_special: bool = True,
+        special: bool | None = None,
+    ) -> list[int] | list[list[int]]:
+        """Token ids of ``text`` (a list gives one list of ids per text), as
+        :meth:`Client.tokenize <lmserv.Client.tokenize>` gives them.
 
-        ``add_bos`` adds the model's start token when the model wants one; ``special`` parses
-        control-token text such as ``<|im_start|>`` into those tokens instead of plain text.
+        ``add_special`` adds the model's start token (BOS) when the model wants one, as a prompt
+        gets it; ``parse_special`` reads control-token text such as ``<|im_start|>`` as those
+        tokens, as prompts are read. ``add_bos`` and ``special`` are their deprecated old names.
         """
+        if add_bos is not None:
+            _renamed("Llama.tokenize(add_bos=...)", "add_special")
+            add_special = add_bos
+        if special is not None:
+            _renamed("Llama.tokenize(special=...)", "parse_special")
+            parse_special = special
+        if isinstance(text, str):
+            return self._tokenize(text, add_special, parse_special)
+        return [self._tokenize(t, add_special, parse_special) for t in text]
+
+    def _tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
         self._live()
         data = text.encode("utf-8")
         capacity = len(data) + 8
         for _ in range(2):
             buf = (ctypes.c_int32 * capacity)()
             n = self._lib.llama_tokenize(
-                self._vocab, data, len(data), buf, capacity, add_bos, special
+                self._vocab, data, len(data), buf, capacity, add_special, parse_special
             )
             if n >= 0:
                 return list(buf[:n])
@@ -322,49 +404,25 @@ class Llama:
     def generate(
         self,
         prompt: str,
-        *,
-        max_tokens: int | None = 256,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        ignore_eos: bool = False,
+        sampling: SamplingOptions | None = None,
+        **kwargs: Unpack[SamplingArgs],
     ) -> str:
         """Continue ``prompt`` and return the generated text (without the prompt).
 
-        Stops at the model's end-of-generation token, after ``max_tokens`` tokens (``None``: no
-        limit), when the context is full, or before the first ``stop`` string (not included).
-        ``temperature <= 0`` is greedy. Raises :class:`~lmserv.errors.ContextOverflow` when the
-        prompt alone does not fit in ``n_ctx``.
+        Stops at the model's end-of-generation token (unless ``ignore_eos``), after
+        ``max_tokens`` tokens (default 256, ``-1``: no limit), when the context is full, or
+        before the first ``stop`` string (not included). ``temperature <= 0`` is greedy. The
+        options come as a :class:`~lmserv.SamplingOptions` and/or its keywords (a keyword wins);
+        unset ones take ``SamplingParams``' defaults (llama-server's). Raises
+        :class:`~lmserv.errors.ContextOverflow` when the prompt alone does not fit in ``n_ctx``.
         """
-        return "".join(
-            self.stream(
-                prompt,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                min_p=min_p,
-                seed=seed,
-                stop=stop,
-                ignore_eos=ignore_eos,
-            )
-        )
+        return "".join(self._start(prompt, self._sampling(sampling, kwargs, "generate"), Tally()))
 
     def complete(
         self,
         prompt: str,
-        *,
-        max_tokens: int | None = 256,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        ignore_eos: bool = False,
+        sampling: SamplingOptions | None = None,
+        **kwargs: Unpack[SamplingArgs],
     ) -> Completion:
         """Like :meth:`generate`, returning the same :class:`~lmserv.Completion` as the client.
 
@@ -373,77 +431,49 @@ class Llama:
         context); ``timings`` are measured here (prompt decode, then generation).
         """
         tally = Tally()
-        sampling = self._sampling(max_tokens, temperature, top_k, top_p, min_p, seed, stop)
-        sampling = replace(sampling, ignore_eos=ignore_eos)
-        tokens = self.tokenize(prompt, add_bos=True, special=True)
-        text = "".join(self._decoder.start(tokens, sampling, tally))
-        timings = Timings(
-            prompt_tokens=tally.prompt_tokens,
-            prompt_ms=tally.prompt_ms,
-            predicted_tokens=tally.completion_tokens,
-            predicted_ms=tally.predicted_ms,
-            cached_tokens=tally.cached_tokens,
-        )
-        return Completion(
-            text=text,
-            finish_reason="stop" if tally.stop_type in ("eos", "word") else "length",
-            stop_type=tally.stop_type,
-            prompt_tokens=tally.prompt_tokens,
-            completion_tokens=tally.completion_tokens,
-            timings=timings,
-            model=self._model_path.name,
-        )
-
-    def _sampling(
-        self,
-        max_tokens: int | None,
-        temperature: float,
-        top_k: int,
-        top_p: float,
-        min_p: float,
-        seed: int | None,
-        stop: str | Sequence[str] | None,
-    ) -> SamplingParams:
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            seed=seed if seed is not None else self._seed,
-            stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
-        )
+        text = "".join(self._start(prompt, self._sampling(sampling, kwargs, "complete"), tally))
+        return completion(self._model_path.name, tally, text)
 
     def stream(
         self,
         prompt: str,
-        *,
-        max_tokens: int | None = 256,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        ignore_eos: bool = False,
-    ) -> Iterator[str]:
-        """Like :meth:`generate`, yielding text pieces as they are produced.
+        sampling: SamplingOptions | None = None,
+        **kwargs: Unpack[SamplingArgs],
+    ) -> LlamaStream[Completion]:
+        """Like :meth:`complete`, yielding text pieces as they are produced (``.result`` at the
+        end), as :meth:`Client.stream <lmserv.Client.stream>` does.
 
         Pieces are whole characters (bytes of a character split across tokens are joined first)
         and ``"".join(pieces)`` equals what :meth:`generate` returns. Bad arguments and a prompt
         that does not fit raise here, before the first piece.
         """
-        sampling = self._sampling(max_tokens, temperature, top_k, top_p, min_p, seed, stop)
-        sampling = replace(sampling, ignore_eos=ignore_eos)
-        tokens = self.tokenize(prompt, add_bos=True, special=True)
-        return self._decoder.start(tokens, sampling, Tally())
+        tally = Tally()
+        pieces = self._start(prompt, self._sampling(sampling, kwargs, "stream"), tally)
+        return LlamaStream(pieces, partial(completion, self._model_path.name, tally))
+
+    def _start(self, prompt: str, sampling: SamplingParams, tally: Tally) -> Iterator[str]:
+        tokens = self._tokenize(prompt, True, True)
+        return self._decoder.start(tokens, sampling, tally)
+
+    def _sampling(
+        self, sampling: SamplingOptions | None, kwargs: Mapping[str, Any], method: str
+    ) -> SamplingParams:
+        if "max_tokens" in kwargs and kwargs["max_tokens"] is None:
+            warnings.warn(
+                f"Llama.{method}(max_tokens=None) for 'no limit' is deprecated: None now means "
+                "'not set' (256 here) as in SamplingOptions; pass max_tokens=-1",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            kwargs = {**kwargs, "max_tokens": -1}
+        options = sampling_from(sampling, kwargs, f"Llama.{method}")
+        return SamplingParams.resolve(options, self._seed)
 
     # -- chat ----------------------------------------------------------------------------------
 
-    def format_chat(
-        self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
-    ) -> str:
-        """Render ``messages`` (``{"role": ..., "content": ...}``) with the chat template.
+    def format_chat(self, messages: Messages, *, add_generation_prompt: bool = True) -> str:
+        """Render ``messages`` (``{"role": ..., "content": ...}``; a ``str`` is one user turn)
+        with the chat template.
 
         The template is ``LlamaParams.chat_template`` if set, else the model's own, else
         ``"chatml"`` (with a logged warning). llama.cpp applies it with
@@ -458,6 +488,8 @@ class Llama:
             if template is None:
                 log.warning("%s has no chat template; using 'chatml'", self._model_path.name)
                 template = "chatml"
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
         return apply_chat_template(
             self._lib, template, messages, add_generation_prompt, self._model_path.name
         )
@@ -468,67 +500,57 @@ class Llama:
 
     def chat(
         self,
-        messages: Sequence[Mapping[str, str]],
-        *,
-        max_tokens: int | None = 256,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-    ) -> str:
-        """The assistant's reply to ``messages`` (see :meth:`format_chat` for the template)."""
-        return "".join(
-            self.chat_stream(
-                messages,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                min_p=min_p,
-                seed=seed,
-                stop=stop,
-            )
-        )
+        messages: Messages,
+        sampling: SamplingOptions | None = None,
+        **kwargs: Unpack[SamplingArgs],
+    ) -> ChatCompletion:
+        """The assistant's reply to ``messages`` (a ``str`` is one user turn), as the same
+        :class:`~lmserv.ChatCompletion` as :meth:`Client.chat <lmserv.Client.chat>`; see
+        :meth:`format_chat` for the template and :meth:`generate` for the options.
+        """
+        tally = Tally()
+        options = self._sampling(sampling, kwargs, "chat")
+        text = "".join(self._start(self.format_chat(messages), options, tally))
+        return chat_completion(self._model_path.name, tally, text)
 
     def chat_stream(
         self,
-        messages: Sequence[Mapping[str, str]],
-        *,
-        max_tokens: int | None = 256,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-    ) -> Iterator[str]:
-        """Like :meth:`chat`, yielding the reply in pieces."""
-        return self.stream(
-            self.format_chat(messages),
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            seed=seed,
-            stop=stop,
-        )
+        messages: Messages,
+        sampling: SamplingOptions | None = None,
+        **kwargs: Unpack[SamplingArgs],
+    ) -> LlamaStream[ChatCompletion]:
+        """Like :meth:`chat`, yielding the reply in pieces (``.result`` at the end)."""
+        tally = Tally()
+        options = self._sampling(sampling, kwargs, "chat_stream")
+        pieces = self._start(self.format_chat(messages), options, tally)
+        return LlamaStream(pieces, partial(chat_completion, self._model_path.name, tally))
 
     # -- embeddings ----------------------------------------------------------------------------
 
-    def embed(self, text: str, *, normalize: bool = True) -> list[float]:
-        """One vector for ``text`` (length :attr:`n_embd`), L2-normalised unless told not to.
+    @overload
+    def embed(self, texts: str, *, normalize: bool = True) -> list[float]: ...  # type: ignore[overload-overlap]
+    @overload
+    def embed(self, texts: Sequence[str], *, normalize: bool = True) -> list[list[float]]: ...
+    def embed(
+        self, texts: str | Sequence[str], *, normalize: bool = True
+    ) -> list[float] | list[list[float]]:
+        """The embedding of a text (length :attr:`n_embd`): a ``str`` gives one vector, a list
+        one vector per text, as :meth:`Client.embed <lmserv.Client.embed>` does; L2-normalised
+        unless ``normalize=False``.
 
         Needs ``Llama(..., embedding=True)``. Tokens are pooled as the model says (mean when it
-        says nothing). Raises :class:`~lmserv.errors.ContextOverflow` when the text does not fit
+        says nothing). Raises :class:`~lmserv.errors.ContextOverflow` when a text does not fit
         in one micro-batch (``LlamaParams.n_ubatch``) or the context.
         """
+        if isinstance(texts, str):
+            return self._embed(texts, normalize)
+        return [self._embed(text, normalize) for text in texts]
+
+    def _embed(self, text: str, normalize: bool) -> list[float]:
         ctx = self._live()
         if not self._embedding:
             raise LlamaError("embed() needs a Llama created with embedding=True")
-        tokens = self.tokenize(text, add_bos=True, special=True)
+        tokens = self._tokenize(text, True, True)
         if not tokens:
             raise LlamaError("cannot embed an empty text")
         limit = min(self._n_ctx, self._n_ubatch)

@@ -2,17 +2,17 @@
 
 Grouped in frozen dataclasses instead of forty constructor keywords: the common knobs are
 ``Llama``'s own arguments, everything else is :class:`LlamaParams`; each ``generate``/``stream``/
-``chat`` call turns its keywords into a :class:`SamplingParams`.
+``chat`` call resolves its :class:`~lmserv.SamplingOptions` into a :class:`SamplingParams`.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from lmserv._bindings import _llama_h as h
+from lmserv._types import SamplingOptions
 from lmserv.errors import ConfigError
 
 __all__ = ["GpuLayers", "LlamaParams", "SamplingParams", "default_threads"]
@@ -142,10 +142,13 @@ def gpu_layers_value(n_gpu_layers: GpuLayers, default: int) -> int:
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How tokens are picked. ``temperature <= 0`` is greedy (the other fields are ignored).
+    """One generation's sampling, resolved: every :class:`~lmserv.SamplingOptions` field set.
 
-    The chain otherwise mirrors llama.cpp's default order: top-k, top-p, min-p, temperature,
-    then a seeded draw. ``seed=None`` draws a fresh random seed each call.
+    The defaults are llama-server's (top-k, top-p, min-p, temperature, then a seeded draw, in
+    llama.cpp's order), except ``max_tokens``: at most 256 new tokens here, where llama-server
+    has no limit (``None`` here, ``max_tokens=-1`` in the options). ``temperature <= 0`` is
+    greedy (the other fields are ignored). ``seed=None`` draws a fresh random seed each call.
+    Values are checked by ``SamplingOptions``.
     """
 
     max_tokens: int | None = 256
@@ -157,18 +160,14 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
 
-    def __post_init__(self) -> None:
-        if self.max_tokens is not None and self.max_tokens < 0:
-            raise ConfigError(f"max_tokens={self.max_tokens} must be >= 0 (or None: no limit)")
-        if not math.isfinite(self.temperature):
-            raise ConfigError(f"temperature={self.temperature} must be a finite number")
-        if not 0.0 <= self.top_p <= 1.0:
-            raise ConfigError(f"top_p={self.top_p} must be between 0 and 1")
-        if not 0.0 <= self.min_p <= 1.0:
-            raise ConfigError(f"min_p={self.min_p} must be between 0 and 1")
-        if self.seed is not None and not 0 <= self.seed < h.LLAMA_DEFAULT_SEED:
-            raise ConfigError(
-                f"seed={self.seed} is out of range; use 0 <= seed < {h.LLAMA_DEFAULT_SEED}"
-            )
-        if any(not s for s in self.stop):
-            raise ConfigError(f"stop={self.stop!r} contains an empty string")
+    @classmethod
+    def resolve(cls, options: SamplingOptions, default_seed: int | None) -> SamplingParams:
+        """``options`` with every unset field taken from the defaults above (and the seed
+        given to the ``Llama``)."""
+        given = options.given()
+        if given.get("max_tokens") == -1:
+            given["max_tokens"] = None
+        if "stop" in given:
+            given["stop"] = options.stops
+        given.setdefault("seed", default_seed)
+        return replace(cls(), **given)

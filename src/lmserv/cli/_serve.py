@@ -75,7 +75,7 @@ def _make_server(args: argparse.Namespace, **kwargs: Any) -> LlamaServer:
         ngl = int(ngl)
     return LlamaServer(
         resolve_model(args.model),
-        ctx_size=args.ctx_size,
+        n_ctx=args.ctx_size,
         n_gpu_layers=ngl,
         parallel=args.parallel,
         extra_args=shlex.split(args.server_args),
