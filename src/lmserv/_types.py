@@ -32,6 +32,51 @@ Messages = str | Sequence[Mapping[str, Any]]
 _SEED_LIMIT = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp reads this seed as "draw a random one"
 
 
+def _int_at_least(value: object, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _check(values: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` listing every value (of the set fields) no engine accepts.
+
+    Written out field by field, without closures: it runs on every request.
+    """
+    problems = []
+    if "max_tokens" in values and not _int_at_least(values["max_tokens"], -1):
+        problems.append(
+            f"max_tokens={values['max_tokens']!r} must be an int >= -1 "
+            "(-1: no limit, None: the engine's default)"
+        )
+    temperature = values.get("temperature")
+    if temperature is not None and not (
+        isinstance(temperature, int | float) and math.isfinite(temperature)
+    ):
+        problems.append(f"temperature={temperature!r} must be a finite number (<= 0: greedy)")
+    if "top_k" in values and not _int_at_least(values["top_k"], 0):
+        problems.append(f"top_k={values['top_k']!r} must be an int >= 0 (0: off)")
+    for name in ("top_p", "min_p"):
+        value = values.get(name)
+        if value is not None and not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
+            problems.append(f"{name}={value!r} must be a number between 0 and 1")
+    seed = values.get("seed")
+    if seed is not None and not (_int_at_least(seed, 0) and seed < _SEED_LIMIT):
+        problems.append(
+            f"seed={seed!r} must be an int >= 0 and < {_SEED_LIMIT} (None: a random seed each call)"
+        )
+    stop = values.get("stop")
+    if stop is not None and any(not isinstance(s, str) or not s for s in stop):
+        problems.append(f"stop={stop!r} must be strings, none of them empty")
+    ignore_eos = values.get("ignore_eos")
+    if ignore_eos is not None and not isinstance(ignore_eos, bool):
+        problems.append(f"ignore_eos={ignore_eos!r} must be True, False or None")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _stop_tuple(stop: str | Sequence[str]) -> tuple[str, ...]:
+    return (stop,) if isinstance(stop, str) else tuple(stop)
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """How a generation picks its tokens, declared once for every engine.
@@ -52,8 +97,8 @@ class SamplingOptions:
 
     Raises :class:`~lmserv.errors.ConfigError` for a value no engine accepts.
 
-    >>> SamplingOptions(temperature=0, stop="\n").stop
-    ('\n',)
+    >>> SamplingOptions(temperature=0, stop="six").stop
+    ('six',)
     """
 
     max_tokens: int | None = None
@@ -66,53 +111,9 @@ class SamplingOptions:
     ignore_eos: bool | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", (self.stop,))
-        elif self.stop is not None:
-            object.__setattr__(self, "stop", tuple(self.stop))
-        problems = [p for p in self._problems() if p]
-        if problems:
-            raise ConfigError("; ".join(problems))
-
-    def _problems(self) -> list[str | None]:
-        def integer(name: str, low: int, high: int | None = None, hint: str = "") -> str | None:
-            value = getattr(self, name)
-            if value is None:
-                return None
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int)
-                or value < low
-                or (high is not None and value >= high)
-            ):
-                top = "" if high is None else f" and < {high}"
-                return f"{name}={value!r} must be an int >= {low}{top}{hint}"
-            return None
-
-        def fraction(name: str) -> str | None:
-            value = getattr(self, name)
-            if value is None or (isinstance(value, int | float) and 0.0 <= value <= 1.0):
-                return None
-            return f"{name}={value!r} must be a number between 0 and 1"
-
-        temperature = self.temperature
-        return [
-            integer("max_tokens", -1, hint=" (-1: no limit, None: the engine's default)"),
-            None
-            if temperature is None
-            or (isinstance(temperature, int | float) and math.isfinite(temperature))
-            else f"temperature={temperature!r} must be a finite number (<= 0: greedy)",
-            integer("top_k", 0, hint=" (0: off)"),
-            fraction("top_p"),
-            fraction("min_p"),
-            integer("seed", 0, _SEED_LIMIT, " (None: a random seed each call)"),
-            f"stop={self.stop!r} must be strings, none of them empty"
-            if self.stop is not None and any(not isinstance(s, str) or not s for s in self.stop)
-            else None,
-            f"ignore_eos={self.ignore_eos!r} must be True, False or None"
-            if self.ignore_eos is not None and not isinstance(self.ignore_eos, bool)
-            else None,
-        ]
+        if self.stop is not None:
+            object.__setattr__(self, "stop", _stop_tuple(self.stop))
+        _check(self.given())
 
     @property
     def stops(self) -> tuple[str, ...]:
@@ -121,8 +122,8 @@ class SamplingOptions:
 
     def given(self) -> dict[str, Any]:
         """The fields that are set (not ``None``), by name."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {name: value for name, value in values.items() if value is not None}
+        values = ((name, getattr(self, name)) for name in _NAMES)
+        return {name: value for name, value in values if value is not None}
 
     def merged(self, overrides: Mapping[str, Any]) -> SamplingOptions:
         """A copy with ``overrides`` (field name to value) applied; ``self`` when there are none."""
@@ -142,17 +143,20 @@ class SamplingArgs(TypedDict, total=False):
     ignore_eos: bool | None
 
 
-_FIELDS = frozenset(SamplingArgs.__annotations__)
+_NAMES = tuple(f.name for f in fields(SamplingOptions))
+_FIELDS = frozenset(_NAMES)
 
 
-def sampling_from(
+def sampling_values(
     sampling: SamplingOptions | None,
     kwargs: Mapping[str, Any],
     where: str,
     *,
     extra: dict[str, Any] | None = None,
-) -> SamplingOptions:
-    """``sampling`` with the keyword arguments of a call (``kwargs``) applied on top.
+) -> dict[str, Any]:
+    """The set sampling fields of one call: ``sampling``'s, with the call's keyword arguments
+    (``kwargs``) applied on top (a keyword given as ``None`` unsets the field), checked as
+    :class:`SamplingOptions` checks them. A plain dict, because this runs on every request.
 
     A keyword that is no sampling option raises :class:`TypeError` naming ``where``, unless
     ``extra`` is given: then it goes there, with a :class:`DeprecationWarning` (the clients used to
@@ -163,22 +167,31 @@ def sampling_from(
             f"{where}: sampling={sampling!r} must be a SamplingOptions (or pass the options as "
             "keyword arguments)"
         )
-    unknown = sorted(set(kwargs) - _FIELDS)
-    if unknown and extra is None:
-        raise TypeError(
-            f"{where}() got unexpected keyword argument(s) {', '.join(unknown)}; the sampling "
-            f"options are {', '.join(sorted(_FIELDS))}"
-        )
-    if unknown and extra is not None:
+    values = sampling.given() if sampling is not None else {}
+    if not kwargs:
+        return values
+    unknown = [k for k in kwargs if k not in _FIELDS]
+    if unknown:
+        if extra is None:
+            raise TypeError(
+                f"{where}() got unexpected keyword argument(s) {', '.join(sorted(unknown))}; the "
+                f"sampling options are {', '.join(_NAMES)}"
+            )
         warnings.warn(
-            f"{where}(): passing {', '.join(unknown)} as keyword arguments to go into the "
-            "request body is deprecated; use extra_body={...}",
+            f"{where}(): passing {', '.join(sorted(unknown))} as keyword arguments to go into "
+            "the request body is deprecated; use extra_body={...}",
             DeprecationWarning,
             stacklevel=4,
         )
         extra.update((k, kwargs[k]) for k in unknown)
-    known = {k: v for k, v in kwargs.items() if k in _FIELDS}
-    return (sampling or SamplingOptions()).merged(known)
+    for name, value in kwargs.items():
+        if name in _FIELDS:
+            if value is None:
+                values.pop(name, None)
+            else:
+                values[name] = _stop_tuple(value) if name == "stop" else value
+    _check(values)
+    return values
 
 
 def _int(value: object) -> int:

@@ -43,7 +43,7 @@ from lmserv._types import (
     Messages,
     SamplingArgs,
     SamplingOptions,
-    sampling_from,
+    sampling_values,
 )
 from lmserv.errors import ConfigError, ContextOverflow, InvalidModelFile, LlamaError
 from lmserv.gpu._split import SplitOptions, split_options
@@ -466,8 +466,9 @@ class Llama:
                 stacklevel=3,
             )
             kwargs = {**kwargs, "max_tokens": -1}
-        options = sampling_from(sampling, kwargs, f"Llama.{method}")
-        return SamplingParams.resolve(options, self._seed)
+        return SamplingParams.resolve(
+            sampling_values(sampling, kwargs, f"Llama.{method}"), self._seed
+        )
 
     # -- chat ----------------------------------------------------------------------------------
 

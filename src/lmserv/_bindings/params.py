@@ -8,11 +8,11 @@ Grouped in frozen dataclasses instead of forty constructor keywords: the common 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from lmserv._bindings import _llama_h as h
-from lmserv._types import SamplingOptions
 from lmserv.errors import ConfigError
 
 __all__ = ["GpuLayers", "LlamaParams", "SamplingParams", "default_threads"]
@@ -161,13 +161,12 @@ class SamplingParams:
     ignore_eos: bool = False
 
     @classmethod
-    def resolve(cls, options: SamplingOptions, default_seed: int | None) -> SamplingParams:
-        """``options`` with every unset field taken from the defaults above (and the seed
-        given to the ``Llama``)."""
-        given = options.given()
-        if given.get("max_tokens") == -1:
-            given["max_tokens"] = None
-        if "stop" in given:
-            given["stop"] = options.stops
-        given.setdefault("seed", default_seed)
-        return replace(cls(), **given)
+    def resolve(cls, given: Mapping[str, Any], default_seed: int | None) -> SamplingParams:
+        """The set :class:`~lmserv.SamplingOptions` fields ``given`` (checked, ``stop`` a
+        tuple; see ``lmserv._types.sampling_values``), every other field from the defaults
+        above, and the seed given to the ``Llama`` unless one is given."""
+        values = dict(given)
+        if values.get("max_tokens") == -1:
+            values["max_tokens"] = None
+        values.setdefault("seed", default_seed)
+        return cls(**values)

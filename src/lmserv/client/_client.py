@@ -20,7 +20,7 @@ from lmserv._types import (
     Messages,
     SamplingArgs,
     SamplingOptions,
-    sampling_from,
+    sampling_values,
 )
 from lmserv.client._responses import (
     AsyncTextStream,
@@ -135,7 +135,7 @@ class _Base:
         """
         chat = path == _CHAT
         extra = dict(extra_body or {})
-        options = sampling_from(
+        values = sampling_values(
             sampling, kwargs, f"{type(self).__name__}.{_METHOD[path, stream]}", extra=extra
         )
         body: dict[str, Any] = {}
@@ -145,7 +145,7 @@ class _Base:
             body["messages"] = [{"role": "user", "content": prompt}]
         else:
             body["messages"] = list(prompt)
-        for name, value in options.given().items():
+        for name, value in values.items():
             if name == "max_tokens":
                 body["max_tokens" if chat else "n_predict"] = value
             elif name == "stop":
