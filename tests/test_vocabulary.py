@@ -127,7 +127,7 @@ def test_old_names_still_work_with_a_warning(tmp_path: Path) -> None:
     assert server.command()[server.command().index("-c") + 1] == "512"
     with pytest.warns(DeprecationWarning, match="timeout"):
         assert RpcWorker(port=50099).stop(grace=1.0) is None
-    with pytest.raises(ConfigError, match="disagree"):
+    with pytest.warns(DeprecationWarning), pytest.raises(ConfigError, match="disagree"):
         LlamaServer("model.gguf", n_ctx=256, ctx_size=512)
 
 
@@ -157,7 +157,13 @@ def llm(model: Path, llama_build: LlamaBuild) -> Iterator[Llama]:
 
 @pytest.fixture(scope="module")
 def server(model: Path, llama_build: LlamaBuild) -> Iterator[LlamaServer]:
-    extra = ("--embeddings", "--pooling", "mean", "-t", "1")
+    with LlamaServer(model, n_ctx=256, parallel=1, extra_args=("-t", "1")) as running:
+        yield running
+
+
+@pytest.fixture
+def embedding_server(model: Path, llama_build: LlamaBuild) -> Iterator[LlamaServer]:
+    extra = ("--embeddings", "--pooling", "mean", "-t", "1")  # it then serves only embeddings
     with LlamaServer(model, n_ctx=256, parallel=1, extra_args=extra) as running:
         yield running
 
@@ -242,9 +248,11 @@ def test_tokenize_same_shapes_and_ids_as_the_server(llm: Llama, server: LlamaSer
         assert llm.tokenize("one two", add_bos=True) == llm.tokenize("one two", add_special=True)
 
 
-def test_embed_same_shapes_and_vectors_as_the_server(model: Path, server: LlamaServer) -> None:
+def test_embed_same_shapes_and_vectors_as_the_server(
+    model: Path, embedding_server: LlamaServer
+) -> None:
     with Llama(model, n_ctx=256, embedding=True, params=LlamaParams(pooling="mean")) as emb:
-        with server.client() as client:
+        with embedding_server.client() as client:
             for normalize in (True, False):
                 ours = emb.embed("one two", normalize=normalize)
                 theirs = client.embed("one two", normalize=normalize)
