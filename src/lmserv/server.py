@@ -36,6 +36,7 @@ import httpx
 
 from lmserv._bootstrap.finder import find_binary
 from lmserv._client import DEFAULT_TIMEOUT, Client
+from lmserv._inputs import check_api_key
 from lmserv._multigpu import llama_server_args, normalize_endpoints
 from lmserv._process import new_log_path, read_tail, spawn, terminate
 from lmserv.errors import BinaryNotFound, ServerError, ServerStartError, ServerTimeout, WorkerError
@@ -197,7 +198,7 @@ class LlamaServer:
         self.ctx_size = ctx_size
         self.n_gpu_layers = n_gpu_layers
         self.parallel = parallel
-        self.api_key = api_key
+        self.api_key = check_api_key(api_key) if api_key else api_key
         self.rpc = normalize_endpoints(rpc)  # ConfigError for a malformed "host:port"
         self.split_mode = split_mode
         self.tensor_split = tensor_split

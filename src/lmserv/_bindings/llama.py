@@ -23,12 +23,14 @@ from functools import partial
 from pathlib import Path
 from types import TracebackType
 
+from lmserv import config
 from lmserv._bindings import _lib
 from lmserv._bindings import _llama_h as h
 from lmserv._bindings._chat import apply_chat_template, builtin_chat_templates
 from lmserv._bindings._generate import Decoder, Handles, Tally
 from lmserv._bindings._split import apply_split, check_tensor_mode
 from lmserv._bindings.params import GpuLayers, LlamaParams, SamplingParams, default_threads
+from lmserv._inputs import check_text
 from lmserv._multigpu import split_options
 from lmserv._types import Completion, Timings
 from lmserv.errors import ConfigError, ContextOverflow, InvalidModelFile, LlamaError
@@ -133,7 +135,7 @@ class Llama:
             raise ConfigError(f"n_threads={n_threads} must be at least 1 (or None: all CPUs)")
         self._seed = SamplingParams(seed=seed).seed
         self._embedding = embedding
-        self._model_path = Path(model_path).expanduser()
+        self._model_path = config.expand_path(os.fspath(model_path), what="model_path")
         _check_model_file(self._model_path)
 
         loaded = _lib.load()
@@ -279,7 +281,7 @@ class Llama:
         control-token text such as ``<|im_start|>`` into those tokens instead of plain text.
         """
         self._live()
-        data = text.encode("utf-8")
+        data = check_text(text, "the text").encode("utf-8")
         capacity = len(data) + 8
         for _ in range(2):
             buf = (ctypes.c_int32 * capacity)()
