@@ -6,8 +6,13 @@
 ...         print(piece, end="", flush=True)
 
 The C library is loaded on the first ``Llama(...)``; nothing happens at ``import lmserv``. One
-``Llama`` owns one model and one context: it is not thread-safe (use one per thread, or a lock),
-and starting a new generation invalidates a ``stream`` still open on the same object.
+``Llama`` owns one model and one context, which libllama cannot share between threads: calls on
+one object take turns (a lock held across every libllama call, ``close`` included), so two
+threads calling ``generate`` each get their own, correct text, one after the other. A
+``stream`` holds the lock only while it computes a piece, and starting a new generation (from
+any thread) makes a ``stream`` still open on the same object raise
+:class:`~lmserv.errors.LlamaError` ("interrupted") at its next piece. Two ``Llama`` objects
+share nothing and run in parallel (libllama releases the GIL).
 """
 
 from __future__ import annotations
@@ -144,6 +149,7 @@ class Llama:
         # Nothing in _handles or _decoder refers back to this object, so dropping the last
         # reference to a Llama frees its C memory at once (through the finalizer).
         self._handles = Handles(lib, self._model_path)
+        self._lock = self._handles.lock
         self._finalizer = weakref.finalize(self, self._handles.free)
         self._decoder = Decoder(
             lib, self._handles, embedding=embedding, reuse=self._params.reuse_prompt
@@ -196,9 +202,13 @@ class Llama:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Free the context and the model. Safe to call more than once."""
-        self._decoder.serial += 1  # invalidates open streams
-        self._finalizer()
+        """Free the context and the model. Safe to call more than once.
+
+        Waits for a call running in another thread to finish its current step.
+        """
+        with self._lock:
+            self._decoder.serial += 1  # invalidates open streams
+            self._finalizer()
 
     @property
     def closed(self) -> bool:
@@ -206,7 +216,8 @@ class Llama:
         return not self._finalizer.alive
 
     def __enter__(self) -> Llama:
-        self._live()
+        with self._lock:
+            self._live()
         return self
 
     def __exit__(
@@ -249,27 +260,30 @@ class Llama:
     @property
     def n_ctx_train(self) -> int:
         """The context length the model was trained with."""
-        self._live()
-        return self._lib.llama_model_n_ctx_train(self._model)
+        with self._lock:
+            self._live()
+            return self._lib.llama_model_n_ctx_train(self._model)
 
     @property
     def metadata(self) -> dict[str, str]:
         """The GGUF's scalar key/value pairs as text (arrays such as the vocabulary are left out)."""
-        self._live()
         lib, model = self._lib, self._model
         out: dict[str, str] = {}
-        for i in range(lib.llama_model_meta_count(model)):
-            key = _read_string(partial(lib.llama_model_meta_key_by_index, model, i))
-            value = _read_string(partial(lib.llama_model_meta_val_str_by_index, model, i))
-            if key is not None and value is not None:
-                out[key] = value
+        with self._lock:
+            self._live()
+            for i in range(lib.llama_model_meta_count(model)):
+                key = _read_string(partial(lib.llama_model_meta_key_by_index, model, i))
+                value = _read_string(partial(lib.llama_model_meta_val_str_by_index, model, i))
+                if key is not None and value is not None:
+                    out[key] = value
         return out
 
     @property
     def chat_template(self) -> str | None:
         """The chat template stored in the model, or ``None`` when it has none."""
-        self._live()
-        raw = self._lib.llama_model_chat_template(self._model, None)
+        with self._lock:
+            self._live()
+            raw = self._lib.llama_model_chat_template(self._model, None)
         return raw.decode("utf-8", "replace") if raw else None
 
     # -- tokens --------------------------------------------------------------------------------
@@ -280,33 +294,37 @@ class Llama:
         ``add_bos`` adds the model's start token when the model wants one; ``special`` parses
         control-token text such as ``<|im_start|>`` into those tokens instead of plain text.
         """
-        self._live()
         data = check_text(text, "the text").encode("utf-8")
         capacity = len(data) + 8
-        for _ in range(2):
-            buf = (ctypes.c_int32 * capacity)()
-            n = self._lib.llama_tokenize(
-                self._vocab, data, len(data), buf, capacity, add_bos, special
-            )
-            if n >= 0:
-                return list(buf[:n])
-            if n == -(2**31):
-                break
-            capacity = -n
+        with self._lock:
+            self._live()
+            for _ in range(2):
+                buf = (ctypes.c_int32 * capacity)()
+                n = self._lib.llama_tokenize(
+                    self._vocab, data, len(data), buf, capacity, add_bos, special
+                )
+                if n >= 0:
+                    return list(buf[:n])
+                if n == -(2**31):
+                    break
+                capacity = -n
         raise LlamaError(f"could not tokenize a text of {len(data)} bytes (too many tokens)")
 
     def detokenize(self, ids: Sequence[int]) -> str:
         """The text of token ``ids`` (control tokens such as BOS render as nothing)."""
-        self._live()
         self._check_ids(ids)
         arr = (ctypes.c_int32 * len(ids))(*ids)
         capacity = len(ids) * 8 + 16
-        for _ in range(2):
-            buf = ctypes.create_string_buffer(capacity)
-            n = self._lib.llama_detokenize(self._vocab, arr, len(ids), buf, capacity, False, False)
-            if n >= 0:
-                return buf.raw[:n].decode("utf-8", "replace")
-            capacity = -n
+        with self._lock:
+            self._live()
+            for _ in range(2):
+                buf = ctypes.create_string_buffer(capacity)
+                n = self._lib.llama_detokenize(
+                    self._vocab, arr, len(ids), buf, capacity, False, False
+                )
+                if n >= 0:
+                    return buf.raw[:n].decode("utf-8", "replace")
+                capacity = -n
         raise LlamaError(f"could not detokenize {len(ids)} tokens")  # pragma: no cover
 
     def _check_ids(self, ids: Sequence[int]) -> None:
@@ -317,7 +335,9 @@ class Llama:
             )
 
     def _piece(self, token: int) -> bytes:
-        return self._decoder.piece(token)
+        with self._lock:
+            self._live()
+            return self._decoder.piece(token)
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -341,19 +361,20 @@ class Llama:
         ``temperature <= 0`` is greedy. Raises :class:`~lmserv.errors.ContextOverflow` when the
         prompt alone does not fit in ``n_ctx``.
         """
-        return "".join(
-            self.stream(
-                prompt,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                min_p=min_p,
-                seed=seed,
-                stop=stop,
-                ignore_eos=ignore_eos,
+        with self._lock:  # the whole generation, so another thread cannot interrupt it
+            return "".join(
+                self.stream(
+                    prompt,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    top_k=top_k,
+                    top_p=top_p,
+                    min_p=min_p,
+                    seed=seed,
+                    stop=stop,
+                    ignore_eos=ignore_eos,
+                )
             )
-        )
 
     def complete(
         self,
@@ -377,8 +398,9 @@ class Llama:
         tally = Tally()
         sampling = self._sampling(max_tokens, temperature, top_k, top_p, min_p, seed, stop)
         sampling = replace(sampling, ignore_eos=ignore_eos)
-        tokens = self.tokenize(prompt, add_bos=True, special=True)
-        text = "".join(self._decoder.start(tokens, sampling, tally))
+        with self._lock:  # the whole generation, so another thread cannot interrupt it
+            tokens = self.tokenize(prompt, add_bos=True, special=True)
+            text = "".join(self._decoder.start(tokens, sampling, tally))
         timings = Timings(
             prompt_tokens=tally.prompt_tokens,
             prompt_ms=tally.prompt_ms,
@@ -437,8 +459,9 @@ class Llama:
         """
         sampling = self._sampling(max_tokens, temperature, top_k, top_p, min_p, seed, stop)
         sampling = replace(sampling, ignore_eos=ignore_eos)
-        tokens = self.tokenize(prompt, add_bos=True, special=True)
-        return self._decoder.start(tokens, sampling, Tally())
+        with self._lock:
+            tokens = self.tokenize(prompt, add_bos=True, special=True)
+            return self._decoder.start(tokens, sampling, Tally())
 
     # -- chat ----------------------------------------------------------------------------------
 
@@ -481,18 +504,19 @@ class Llama:
         stop: str | Sequence[str] | None = None,
     ) -> str:
         """The assistant's reply to ``messages`` (see :meth:`format_chat` for the template)."""
-        return "".join(
-            self.chat_stream(
-                messages,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                min_p=min_p,
-                seed=seed,
-                stop=stop,
+        with self._lock:  # the whole generation, so another thread cannot interrupt it
+            return "".join(
+                self.chat_stream(
+                    messages,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    top_k=top_k,
+                    top_p=top_p,
+                    min_p=min_p,
+                    seed=seed,
+                    stop=stop,
+                )
             )
-        )
 
     def chat_stream(
         self,
@@ -527,38 +551,39 @@ class Llama:
         says nothing). Raises :class:`~lmserv.errors.ContextOverflow` when the text does not fit
         in one micro-batch (``LlamaParams.n_ubatch``) or the context.
         """
-        ctx = self._live()
-        if not self._embedding:
-            raise LlamaError("embed() needs a Llama created with embedding=True")
-        tokens = self.tokenize(text, add_bos=True, special=True)
-        if not tokens:
-            raise LlamaError("cannot embed an empty text")
-        limit = min(self._n_ctx, self._n_ubatch)
-        if len(tokens) > limit:
-            raise ContextOverflow(
-                f"the text has {len(tokens)} tokens but one embedding batch holds {limit}; "
-                "shorten it or raise n_ctx / LlamaParams(n_batch=..., n_ubatch=...)"
-            )
-        self._decoder.serial += 1
-        lib = self._lib
-        lib.llama_set_embeddings(ctx, True)
-        self._decoder.decode_prompt(ctx, tokens, all_outputs=True)
-        self._decoder.forget()
-        n_embd = self._n_embd
-        if lib.llama_pooling_type(ctx) == h.LLAMA_POOLING_TYPE_NONE:
-            rows = lib.llama_get_embeddings(ctx)
-            if not rows:  # pragma: no cover - llama.cpp always outputs them here
-                raise LlamaError("llama.cpp returned no token embeddings")
-            flat = rows[: n_embd * len(tokens)]
-            vector = [
-                sum(flat[r * n_embd + i] for r in range(len(tokens))) / len(tokens)
-                for i in range(n_embd)
-            ]
-        else:
-            pooled = lib.llama_get_embeddings_seq(ctx, 0)
-            if not pooled:  # pragma: no cover
-                raise LlamaError("llama.cpp returned no pooled embedding")
-            vector = pooled[:n_embd]
+        with self._lock:
+            ctx = self._live()
+            if not self._embedding:
+                raise LlamaError("embed() needs a Llama created with embedding=True")
+            tokens = self.tokenize(text, add_bos=True, special=True)
+            if not tokens:
+                raise LlamaError("cannot embed an empty text")
+            limit = min(self._n_ctx, self._n_ubatch)
+            if len(tokens) > limit:
+                raise ContextOverflow(
+                    f"the text has {len(tokens)} tokens but one embedding batch holds {limit}; "
+                    "shorten it or raise n_ctx / LlamaParams(n_batch=..., n_ubatch=...)"
+                )
+            self._decoder.serial += 1
+            lib = self._lib
+            lib.llama_set_embeddings(ctx, True)
+            self._decoder.decode_prompt(ctx, tokens, all_outputs=True)
+            self._decoder.forget()
+            n_embd = self._n_embd
+            if lib.llama_pooling_type(ctx) == h.LLAMA_POOLING_TYPE_NONE:
+                rows = lib.llama_get_embeddings(ctx)
+                if not rows:  # pragma: no cover - llama.cpp always outputs them here
+                    raise LlamaError("llama.cpp returned no token embeddings")
+                flat = rows[: n_embd * len(tokens)]
+                vector = [
+                    sum(flat[r * n_embd + i] for r in range(len(tokens))) / len(tokens)
+                    for i in range(n_embd)
+                ]
+            else:
+                pooled = lib.llama_get_embeddings_seq(ctx, 0)
+                if not pooled:  # pragma: no cover
+                    raise LlamaError("llama.cpp returned no pooled embedding")
+                vector = pooled[:n_embd]
         if normalize:
             norm = math.sqrt(sum(v * v for v in vector))
             if norm > 0:
