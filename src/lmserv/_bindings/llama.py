@@ -85,6 +85,16 @@ def _explain(problems: list[str]) -> str:
     return ("; llama.cpp said: " + " | ".join(problems[-4:])) if problems else ""
 
 
+def _holding(owner: Llama, pieces: Iterator[str]) -> Iterator[str]:
+    """``pieces``, keeping ``owner`` alive while they are read.
+
+    The decoder refers to the context, not to its ``Llama``, so ``Llama(path).stream(...)``
+    would otherwise free the model under its own open stream.
+    """
+    yield from pieces
+    del owner
+
+
 class Llama:
     """A model loaded from a GGUF file, with one context of ``n_ctx`` tokens.
 
@@ -461,7 +471,7 @@ class Llama:
         sampling = replace(sampling, ignore_eos=ignore_eos)
         with self._lock:
             tokens = self.tokenize(prompt, add_bos=True, special=True)
-            return self._decoder.start(tokens, sampling, Tally())
+            return _holding(self, self._decoder.start(tokens, sampling, Tally()))
 
     # -- chat ----------------------------------------------------------------------------------
 
