@@ -98,3 +98,25 @@ def test_library_order(
     os.remove(places["path"] / "libllama.so")
     with pytest.raises(BinaryNotFound, match="LLAMA_LIB_DIR"):
         find_library("llama", platform="linux")
+
+
+def test_library_dir_comes_before_binary_dir_before_own_builds(
+    places: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A build whose libraries live apart from its binaries (lib/ next to bin/): LLAMA_LIB_DIR
+    # names the libraries to use even when LLAMA_BIN_DIR holds another libllama.
+    libdir = tmp_path / "libdir"
+    for folder in (libdir, places["env"], places["own"]):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "libllama.so").write_bytes(b"")
+    monkeypatch.setenv("LLAMA_LIB_DIR", str(libdir))
+    assert find_library("llama", platform="linux") == libdir / "libllama.so"
+    os.remove(libdir / "libllama.so")
+    assert find_library("llama", platform="linux") == places["env"] / "libllama.so"
+    os.remove(places["env"] / "libllama.so")
+    assert find_library("llama", platform="linux") == places["own"] / "libllama.so"
+    os.remove(places["own"] / "libllama.so")
+    with pytest.raises(BinaryNotFound) as info:
+        find_library("llama", platform="linux")
+    searched = [entry.split(":", 1)[0] for entry in info.value.searched]
+    assert searched.index("$LLAMA_LIB_DIR") < searched.index("$LLAMA_BIN_DIR")

@@ -369,6 +369,11 @@ def test_dropping_a_llama_frees_it_at_once(counting_model: Path) -> None:
     assert not finalizer.alive
 
 
+def test_an_open_stream_keeps_its_llama_alive(counting_model: Path) -> None:
+    stream = Llama(counting_model, n_ctx=256, n_threads=1).stream(COUNTING_PROMPT, temperature=0)
+    assert "".join(stream) == COUNTING_CONTINUATION  # no other reference to the Llama exists
+
+
 def test_new_generation_interrupts_an_open_stream(llm: Llama) -> None:
     first = llm.stream(COUNTING_PROMPT, temperature=0)
     assert next(first) == " three"

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,67 @@ def test_prune_survives_a_file_vanishing_under_it(tmp_path: Path) -> None:
     (tmp_path / "srv-gone.log").symlink_to(tmp_path / "already-deleted.log")
     prune_logs(tmp_path, "srv-*.log", keep=1)
     assert len([p for p in tmp_path.glob("srv-*.log") if p.exists()]) == 1
+
+
+def _state(pid: int) -> str:
+    """The process state letter of ``pid`` ("Z" for a zombie), or "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1]
+    except (OSError, IndexError):
+        return ""
+
+
+def _wait_dead(pid: int, seconds: float = 30.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _state(pid) in ("", "Z"):  # a zombie is dead, only not yet reaped
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# Python that starts a child from a short-lived thread, waits until that thread is gone from
+# the kernel's task list too (the death signal follows the *thread* that forked), then prints
+# the child's pid and sleeps until it is killed.
+_SPAWN_FROM_A_THREAD = """
+import os, signal, sys, threading, time
+from lmserv._process import spawn
+
+pids = []
+def start():
+    with open(sys.argv[1], "wb") as log:
+        argv = [sys.executable, "-c", "import time; time.sleep(600)"]
+        pids.append(spawn(argv, log, death_signal=signal.SIGKILL).pid)
+thread = threading.Thread(target=start)
+thread.start()
+thread.join()
+while str(thread.native_id) in os.listdir("/proc/self/task"):
+    time.sleep(0.01)
+print(pids[0], flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_a_child_started_from_a_thread_lives_with_python_not_with_the_thread(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    argv = [sys.executable, "-c", _SPAWN_FROM_A_THREAD, str(tmp_path / "child.log")]
+    parent = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)
+    child = 0
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        # The thread that asked for it has ended; the child must not have gone with it.
+        assert _state(child) not in ("", "Z"), "the child died with the thread that started it"
+        parent.kill()  # SIGKILL: no atexit, no cleanup; only the kernel can stop the child now
+        parent.wait(30)
+        assert _wait_dead(child), f"child {child} outlived its SIGKILLed Python parent"
+    finally:
+        parent.kill()
+        parent.wait(30)
+        if parent.stdout is not None:
+            parent.stdout.close()
+        if child and _state(child) not in ("", "Z"):
+            os.kill(child, signal.SIGKILL)  # the test failed: leave no sleeper behind

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -143,6 +144,110 @@ def test_no_orphan_when_python_parent_dies(llama_build: LlamaBuild, model: Path)
     assert out.returncode == 0, out.stderr
     pid = int(out.stdout.strip())
     assert wait_gone(pid), f"llama-server {pid} outlived its Python parent"
+
+
+def test_no_orphan_when_started_from_a_thread_and_python_is_killed(
+    llama_build: LlamaBuild, model: Path
+) -> None:
+    # The parent-death signal follows the thread that forked, not the process: a server
+    # started from a worker thread must survive that thread and still die with Python.
+    script = textwrap.dedent(
+        f"""
+        import os, threading, time
+        from lmserv import LlamaServer
+        servers = []
+        def start():
+            servers.append(LlamaServer({str(model)!r}, extra_args=("-t", "1")).start())
+        thread = threading.Thread(target=start)
+        thread.start()
+        thread.join()
+        while str(thread.native_id) in os.listdir("/proc/self/task"):
+            time.sleep(0.01)
+        with servers[0].client() as client:
+            client.health()
+        print(servers[0].pid, flush=True)
+        time.sleep(600)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
+    pid = 0
+    try:
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline() or 0)
+        assert pid in llama_server_pids(str(model)), "the server died with its starting thread"
+        parent.kill()  # SIGKILL: no stop(), no atexit
+        parent.wait(30)
+        assert wait_gone(pid), f"llama-server {pid} outlived its SIGKILLed Python parent"
+    finally:
+        parent.kill()
+        parent.wait(30)
+        if parent.stdout is not None:
+            parent.stdout.close()
+        if pid and pid in llama_server_pids(str(model)):
+            os.kill(pid, signal.SIGKILL)
+
+
+# A llama-server stand-in that ignores SIGTERM (as a server wedged in a long decode may): it
+# logs the line LlamaServer waits for and answers /health, and nothing stops it but SIGKILL.
+_DEAF_SERVER = """#!{python}
+import http.server, signal
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "15")
+        self.end_headers()
+        self.wfile.write(b'{{"status":"ok"}}')
+
+    def log_message(self, *args):
+        pass
+
+server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+port = server.server_address[1]
+print(f"main: server is listening on http://127.0.0.1:{{port}} - starting the main loop", flush=True)
+server.serve_forever()
+"""
+
+
+def _stop_in_a_thread(server: LlamaServer) -> int | None:
+    """``server.stop()``, failing (not hanging) if it never returns."""
+    codes: list[int | None] = []
+    thread = threading.Thread(target=lambda: codes.append(server.stop()), daemon=True)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive(), "stop() never returned: it did not escalate to SIGKILL"
+    return codes[0]
+
+
+def test_stop_kills_a_server_that_ignores_sigterm(
+    model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    stub = tmp_path / "llama-server"
+    stub.write_text(_DEAF_SERVER.format(python=sys.executable))
+    stub.chmod(0o755)
+    server = LlamaServer(model, binary=stub, stop_timeout=1.5).start()
+    pid = server.pid
+    assert pid is not None
+    with caplog.at_level(logging.WARNING, logger="lmserv.server"):
+        assert _stop_in_a_thread(server) == -signal.SIGKILL
+    assert f"llama-server (pid {pid}) ignored SIGTERM" in caplog.text
+    assert not server.running
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # reaped, not a zombie
+
+
+@pytest.mark.slow
+def test_stop_kills_a_real_server_that_cannot_take_sigterm(
+    llama_build: LlamaBuild, model: Path
+) -> None:
+    # SIGSTOP: the real llama-server, frozen, cannot run its SIGTERM handler; SIGKILL still works.
+    server = LlamaServer(model, extra_args=THREADS, stop_timeout=1.5).start()
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGSTOP)
+    assert _stop_in_a_thread(server) == -signal.SIGKILL
+    assert wait_gone(server.pid) and not server.running
 
 
 def test_unrunnable_binary_is_a_start_error(model: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -20,8 +21,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from lmserv import config
 
@@ -40,24 +42,22 @@ LOG_KEEP = 20  # old log files of one kind kept in the logs folder
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
+_T = TypeVar("_T")
+
 
 def parent_death_hook(
     death_signal: signal.Signals, *, ignore_sigpipe: bool = False
 ) -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes the child get ``death_signal`` when Python dies, or ``None``.
 
-    Linux only (``prctl(PR_SET_PDEATHSIG)``), and only from the main thread: the signal fires
-    when the *thread* that forked exits, so from a worker thread it would take the child down
-    with that thread; callers rely on their ``atexit`` handler there instead. libc and the
-    parent's pid are looked up before ``fork``, so the hook itself only calls ``prctl``; its
-    ``getppid`` check covers a parent that died between ``fork`` and ``prctl`` (then nobody
-    would signal the child). ``ignore_sigpipe`` also sets SIGPIPE to ignored in the child, even
-    if the parent did not ignore it.
+    Linux only (``prctl(PR_SET_PDEATHSIG)``). The signal fires when the *thread* that forked
+    exits, not the process: fork only from a thread that lives as long as Python (the main
+    thread, or :func:`_in_forker`'s). libc and the parent's pid are looked up before ``fork``,
+    so the hook itself only calls ``prctl``; its ``getppid`` check covers a parent that died
+    between ``fork`` and ``prctl`` (then nobody would signal the child). ``ignore_sigpipe``
+    also sets SIGPIPE to ignored in the child, even if the parent did not ignore it.
     """
-    if (
-        not sys.platform.startswith("linux")
-        or threading.current_thread() is not threading.main_thread()
-    ):
+    if not sys.platform.startswith("linux"):
         return None
     import ctypes
 
@@ -78,6 +78,53 @@ def parent_death_hook(
     return hook
 
 
+_forker_lock = threading.Lock()
+_forker_jobs: queue.SimpleQueue[tuple[Callable[[], object], Future[object]]] | None = None
+
+
+def _forker_loop(jobs: queue.SimpleQueue[tuple[Callable[[], object], Future[object]]]) -> None:
+    while True:
+        job, result = jobs.get()
+        if result.set_running_or_notify_cancel():
+            try:
+                result.set_result(job())
+            except BaseException as exc:  # handed to the thread that asked
+                result.set_exception(exc)
+
+
+def _in_forker(job: Callable[[], _T]) -> _T:
+    """Run ``job`` (a ``Popen``) in one long-lived daemon thread, started on first use.
+
+    ``PR_SET_PDEATHSIG`` follows the thread that forked: a child forked by a short-lived thread
+    (a web handler, a ``ThreadPoolExecutor`` worker) would be killed when that thread ends, and
+    a child forked without it would outlive a Python killed by SIGKILL (no ``atexit`` runs
+    then). This thread never ends before the process does, so the signal fires exactly when
+    Python dies, whichever thread asked for the child.
+    """
+    global _forker_jobs
+    with _forker_lock:
+        if _forker_jobs is None:
+            _forker_jobs = queue.SimpleQueue()
+            threading.Thread(
+                target=_forker_loop, args=(_forker_jobs,), name="lmserv-forker", daemon=True
+            ).start()
+        jobs = _forker_jobs
+    result: Future[object] = Future()
+    jobs.put((job, result))
+    return result.result()  # type: ignore[return-value]
+
+
+def _forget_forker() -> None:
+    # A forked child has no copy of the thread: it starts its own on first use.
+    global _forker_jobs, _forker_lock
+    _forker_jobs = None
+    _forker_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_forker)
+
+
 def spawn(
     argv: Sequence[str],
     log: IO[bytes],
@@ -92,7 +139,9 @@ def spawn(
     The log is a file, not a pipe: a busy Python process could leave a pipe full, which would
     stall the child's logging and then the child itself. On POSIX the child gets its own
     session, so Ctrl-C in a terminal reaches Python (which then stops it cleanly), not the
-    child; on Linux it also gets ``death_signal`` when Python dies (:func:`parent_death_hook`).
+    child; on Linux it also gets ``death_signal`` when Python dies (:func:`parent_death_hook`),
+    whichever thread calls this: off the main thread, the fork happens in a long-lived thread
+    (:func:`_in_forker`), so the child neither dies with the calling thread nor outlives Python.
     On Windows ``windows_new_group`` starts it in a new process group for the same reason.
 
     ``ignore_sigpipe`` keeps SIGPIPE ignored in the child (Python ignores it, and an ignored
@@ -101,6 +150,7 @@ def spawn(
     client leaves. Raises ``OSError`` when the program cannot be run.
     """
     kwargs: dict[str, object] = {}
+    hook = None
     if sys.platform == "win32":
         if windows_new_group:
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
@@ -109,15 +159,21 @@ def spawn(
         hook = parent_death_hook(death_signal, ignore_sigpipe=ignore_sigpipe)
         if hook is not None:
             kwargs["preexec_fn"] = hook
-    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        restore_signals=not ignore_sigpipe,
-        **kwargs,
-    )
+
+    def popen() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            restore_signals=not ignore_sigpipe,
+            **kwargs,
+        )
+
+    if hook is not None and threading.current_thread() is not threading.main_thread():
+        return _in_forker(popen)
+    return popen()
 
 
 def terminate(

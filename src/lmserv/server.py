@@ -35,6 +35,7 @@ from typing import IO
 
 import httpx
 
+from lmserv._inputs import check_api_key
 from lmserv._process import new_log_path, read_tail, spawn, terminate
 from lmserv.client._client import DEFAULT_TIMEOUT, Client
 from lmserv.errors import (
@@ -232,7 +233,7 @@ class LlamaServer:
         self.n_ctx = n_ctx
         self.n_gpu_layers = n_gpu_layers
         self.parallel = parallel
-        self.api_key = api_key
+        self.api_key = check_api_key(api_key) if api_key else api_key
         self.rpc = normalize_endpoints(rpc)  # ConfigError for a malformed "host:port"
         self.split_mode = split_mode
         self.tensor_split = tensor_split

@@ -12,6 +12,7 @@ import ctypes
 from collections.abc import Mapping, Sequence
 
 from lmserv._bindings import _llama_h as h
+from lmserv._inputs import check_text
 from lmserv.errors import ConfigError, LlamaError
 
 __all__ = ["apply_chat_template", "builtin_chat_templates"]
@@ -45,7 +46,8 @@ def apply_chat_template(
             raise ConfigError(
                 f"message {i} must have string 'role' and 'content', got {dict(message)!r}"
             )
-        keep += [role.encode("utf-8"), content.encode("utf-8")]
+        where = f"message {i}"
+        keep += [check_text(role, f"{where}'s role").encode(), check_text(content, where).encode()]
         array[i].role, array[i].content = keep[-2], keep[-1]
     tmpl = template.encode("utf-8")
     capacity = 2 * sum(len(b) for b in keep) + 256

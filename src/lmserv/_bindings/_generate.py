@@ -4,11 +4,18 @@
 context (``Handles.live`` raises once it is freed) and numbers generations with ``serial`` so a
 stream left open notices that the context moved on to another generation, or was freed, and
 raises instead of touching it. Neither refers back to the ``Llama``.
+
+Thread safety: every libllama call on a context happens under ``Handles.lock``, including
+freeing it. A generation takes the lock for each step (pick a token, decode it) and lets go
+between steps, so a stream open in one thread never blocks another thread for good (a stream
+abandoned mid-way would otherwise hold the lock until garbage-collected); a generation started
+by another thread meanwhile makes that stream raise :func:`interrupted` at its next step.
 """
 
 from __future__ import annotations
 
 import ctypes
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -51,13 +58,19 @@ def interrupted() -> LlamaError:
 
 
 class Handles:
-    """The C objects of one ``Llama``, freed exactly once (by ``close`` or its finalizer)."""
+    """The C objects of one ``Llama``, freed exactly once (by ``close`` or its finalizer).
+
+    ``lock`` serializes every use of them: libllama's context is not thread-safe (two threads
+    decoding on one context crash or corrupt each other's output). Reentrant, because a call
+    such as ``generate`` holds it while the stream it consumes takes it again per step.
+    """
 
     def __init__(self, lib: h.LibLlama, model_path: Path) -> None:
         self.lib = lib
         self.model_path = model_path
         self.model: h.llama_model_p | None = None
         self.ctx: h.llama_context_p | None = None
+        self.lock = threading.RLock()
 
     def live(self) -> h.llama_context_p:
         """The context; :class:`~lmserv.errors.LlamaError` once freed."""
@@ -69,12 +82,13 @@ class Handles:
         return ctx
 
     def free(self) -> None:
-        ctx, model = self.ctx, self.model
-        self.ctx = self.model = None
-        if ctx:
-            self.lib.llama_free(ctx)
-        if model:
-            self.lib.llama_model_free(model)
+        with self.lock:  # waits for a step running in another thread
+            ctx, model = self.ctx, self.model
+            self.ctx = self.model = None
+            if ctx:
+                self.lib.llama_free(ctx)
+            if model:
+                self.lib.llama_model_free(model)
 
 
 class Decoder:
@@ -90,7 +104,9 @@ class Decoder:
     ) -> None:
         self._lib = lib
         self._reuse = reuse
+        self._handles = handles
         self._live = handles.live
+        self.lock = handles.lock
         self._pieces: dict[int, bytes] = {}
         self._embedding = embedding
         self._vocab = h.llama_vocab_p(0)
@@ -109,28 +125,29 @@ class Decoder:
         Problems with the prompt raise here: :class:`~lmserv.errors.ContextOverflow` when it
         does not fit, :class:`~lmserv.errors.LlamaError` when it is empty or decoding fails.
         """
-        ctx = self._live()
-        if not tokens:
-            raise LlamaError("the prompt is empty (no tokens); give some text to continue")
-        if len(tokens) > self._n_ctx:
-            raise ContextOverflow(
-                f"the prompt has {len(tokens)} tokens but the context holds {self._n_ctx}; "
-                "shorten the prompt or create the Llama with a larger n_ctx"
-            )
-        self.serial += 1
-        sampler = self._make_sampler(sampling)
-        started = time.perf_counter()
-        try:
-            if self._embedding:
-                self._lib.llama_set_embeddings(ctx, False)
-            tally.cached_tokens = self.decode_prompt(ctx, tokens, reuse=self._reuse)
-        except BaseException:
-            if sampler:
-                self._lib.llama_sampler_free(sampler)
-            raise
-        tally.prompt_tokens = len(tokens)
-        tally.prompt_ms = (time.perf_counter() - started) * 1000.0
-        return self._generation(ctx, sampler, sampling, self.serial, tally)
+        with self.lock:
+            ctx = self._live()
+            if not tokens:
+                raise LlamaError("the prompt is empty (no tokens); give some text to continue")
+            if len(tokens) > self._n_ctx:
+                raise ContextOverflow(
+                    f"the prompt has {len(tokens)} tokens but the context holds {self._n_ctx}; "
+                    "shorten the prompt or create the Llama with a larger n_ctx"
+                )
+            self.serial += 1
+            sampler = self._make_sampler(sampling)
+            started = time.perf_counter()
+            try:
+                if self._embedding:
+                    self._lib.llama_set_embeddings(ctx, False)
+                tally.cached_tokens = self.decode_prompt(ctx, tokens, reuse=self._reuse)
+            except BaseException:
+                if sampler:
+                    self._lib.llama_sampler_free(sampler)
+                raise
+            tally.prompt_tokens = len(tokens)
+            tally.prompt_ms = (time.perf_counter() - started) * 1000.0
+            return self._generation(ctx, sampler, sampling, self.serial, tally)
 
     def _generation(
         self,
@@ -140,7 +157,7 @@ class Decoder:
         serial: int,
         tally: Tally,
     ) -> Iterator[str]:
-        lib = self._lib
+        lib, lock, handles = self._lib, self.lock, self._handles
         decode, is_eog = lib.llama_decode, lib.llama_vocab_is_eog
         vocab, n_ctx, piece_of = self._vocab, self._n_ctx, self.piece
         pick = self._picker(ctx, sampler)
@@ -154,15 +171,18 @@ class Decoder:
         started = time.perf_counter()
         try:
             while limit is None or produced < limit:
-                if serial != self.serial:  # the context now holds another generation
-                    raise interrupted()
-                token = pick()
-                if is_eog(vocab, token) and not sampling.ignore_eos:
-                    tally.stop_type = "eos"
-                    break
-                produced += 1
-                tally.completion_tokens = produced
-                text = assembler.feed(piece_of(token))
+                # The lock is held for one step, never across a yield (see the module docstring).
+                # Checked under it: another thread may have started a generation or freed ctx.
+                with lock:
+                    if serial != self.serial or handles.ctx is None:
+                        raise interrupted()
+                    token = pick()
+                    if is_eog(vocab, token) and not sampling.ignore_eos:
+                        tally.stop_type = "eos"
+                        break
+                    produced += 1
+                    tally.completion_tokens = produced
+                    text = assembler.feed(piece_of(token))
                 if text:
                     yield text
                 if assembler.stopped:
@@ -170,13 +190,14 @@ class Decoder:
                     break
                 if produced == limit or n_past >= n_ctx:
                     break
-                if serial != self.serial:  # checked after each yield: ctx may be gone
-                    raise interrupted()
-                one[0] = token
-                rc = decode(ctx, batch)
-                if rc != 0:
-                    self._decode_failed(rc, n_past)
-                cached.append(token)
+                with lock:  # the context may have moved on while we yielded
+                    if serial != self.serial or handles.ctx is None:
+                        raise interrupted()
+                    one[0] = token
+                    rc = decode(ctx, batch)
+                    if rc != 0:
+                        self._decode_failed(rc, n_past)
+                    cached.append(token)
                 n_past += 1
             tail = assembler.finish()
             if tail:

@@ -11,8 +11,13 @@ It speaks the client's vocabulary: ``complete``/``stream``/``chat``/``chat_strea
 ``str`` (one result) or a list (a list of results), as the client's do.
 
 The C library is loaded on the first ``Llama(...)``; nothing happens at ``import lmserv``. One
-``Llama`` owns one model and one context: it is not thread-safe (use one per thread, or a lock),
-and starting a new generation invalidates a ``stream`` still open on the same object.
+``Llama`` owns one model and one context, which libllama cannot share between threads: calls on
+one object take turns (a lock held across every libllama call, ``close`` included), so two
+threads calling ``generate`` each get their own, correct text, one after the other. A
+``stream`` holds the lock only while it computes a piece, and starting a new generation (from
+any thread) makes a ``stream`` still open on the same object raise
+:class:`~lmserv.errors.LlamaError` ("interrupted") at its next piece. Two ``Llama`` objects
+share nothing and run in parallel (libllama releases the GIL).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, overload
 
+from lmserv import config
 from lmserv._bindings import _lib
 from lmserv._bindings import _llama_h as h
 from lmserv._bindings._chat import apply_chat_template, builtin_chat_templates
@@ -37,6 +43,7 @@ from lmserv._bindings._generate import Decoder, Handles, Tally
 from lmserv._bindings._split import apply_split, check_tensor_mode
 from lmserv._bindings._stream import LlamaStream, chat_completion, completion
 from lmserv._bindings.params import GpuLayers, LlamaParams, SamplingParams, default_threads
+from lmserv._inputs import check_text
 from lmserv._types import (
     ChatCompletion,
     Completion,
@@ -98,6 +105,16 @@ def _renamed(old: str, new: str) -> None:
 
 def _explain(problems: list[str]) -> str:
     return ("; llama.cpp said: " + " | ".join(problems[-4:])) if problems else ""
+
+
+def _holding(owner: Llama, pieces: Iterator[str]) -> Iterator[str]:
+    """``pieces``, keeping ``owner`` alive while they are read.
+
+    The decoder refers to the context, not to its ``Llama``, so ``Llama(path).stream(...)``
+    would otherwise free the model under its own open stream.
+    """
+    yield from pieces
+    del owner
 
 
 class Llama:
@@ -174,7 +191,7 @@ class Llama:
             n_gpu_layers = "all"
         self._seed = SamplingOptions(seed=seed).seed
         self._embedding = embedding
-        self._model_path = Path(model_path).expanduser()
+        self._model_path = config.expand_path(os.fspath(model_path), what="model_path")
         _check_model_file(self._model_path)
 
         loaded = _lib.load()
@@ -183,6 +200,7 @@ class Llama:
         # Nothing in _handles or _decoder refers back to this object, so dropping the last
         # reference to a Llama frees its C memory at once (through the finalizer).
         self._handles = Handles(lib, self._model_path)
+        self._lock = self._handles.lock
         self._finalizer = weakref.finalize(self, self._handles.free)
         self._decoder = Decoder(
             lib, self._handles, embedding=embedding, reuse=self._params.reuse_prompt
@@ -235,9 +253,13 @@ class Llama:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Free the context and the model. Safe to call more than once."""
-        self._decoder.serial += 1  # invalidates open streams
-        self._finalizer()
+        """Free the context and the model. Safe to call more than once.
+
+        Waits for a call running in another thread to finish its current step.
+        """
+        with self._lock:
+            self._decoder.serial += 1  # invalidates open streams
+            self._finalizer()
 
     @property
     def closed(self) -> bool:
@@ -245,7 +267,8 @@ class Llama:
         return not self._finalizer.alive
 
     def __enter__(self) -> Llama:
-        self._live()
+        with self._lock:
+            self._live()
         return self
 
     def __exit__(
@@ -288,27 +311,30 @@ class Llama:
     @property
     def n_ctx_train(self) -> int:
         """The context length the model was trained with."""
-        self._live()
-        return self._lib.llama_model_n_ctx_train(self._model)
+        with self._lock:
+            self._live()
+            return self._lib.llama_model_n_ctx_train(self._model)
 
     @property
     def metadata(self) -> dict[str, str]:
         """The GGUF's scalar key/value pairs as text (arrays such as the vocabulary are left out)."""
-        self._live()
         lib, model = self._lib, self._model
         out: dict[str, str] = {}
-        for i in range(lib.llama_model_meta_count(model)):
-            key = _read_string(partial(lib.llama_model_meta_key_by_index, model, i))
-            value = _read_string(partial(lib.llama_model_meta_val_str_by_index, model, i))
-            if key is not None and value is not None:
-                out[key] = value
+        with self._lock:
+            self._live()
+            for i in range(lib.llama_model_meta_count(model)):
+                key = _read_string(partial(lib.llama_model_meta_key_by_index, model, i))
+                value = _read_string(partial(lib.llama_model_meta_val_str_by_index, model, i))
+                if key is not None and value is not None:
+                    out[key] = value
         return out
 
     @property
     def chat_template(self) -> str | None:
         """The chat template stored in the model, or ``None`` when it has none."""
-        self._live()
-        raw = self._lib.llama_model_chat_template(self._model, None)
+        with self._lock:
+            self._live()
+            raw = self._lib.llama_model_chat_template(self._model, None)
         return raw.decode("utf-8", "replace") if raw else None
 
     # -- tokens --------------------------------------------------------------------------------
@@ -360,33 +386,37 @@ class Llama:
         return [self._tokenize(t, add_special, parse_special) for t in text]
 
     def _tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
-        self._live()
-        data = text.encode("utf-8")
+        data = check_text(text, "the text").encode("utf-8")
         capacity = len(data) + 8
-        for _ in range(2):
-            buf = (ctypes.c_int32 * capacity)()
-            n = self._lib.llama_tokenize(
-                self._vocab, data, len(data), buf, capacity, add_special, parse_special
-            )
-            if n >= 0:
-                return list(buf[:n])
-            if n == -(2**31):
-                break
-            capacity = -n
+        with self._lock:
+            self._live()
+            for _ in range(2):
+                buf = (ctypes.c_int32 * capacity)()
+                n = self._lib.llama_tokenize(
+                    self._vocab, data, len(data), buf, capacity, add_special, parse_special
+                )
+                if n >= 0:
+                    return list(buf[:n])
+                if n == -(2**31):
+                    break
+                capacity = -n
         raise LlamaError(f"could not tokenize a text of {len(data)} bytes (too many tokens)")
 
     def detokenize(self, ids: Sequence[int]) -> str:
         """The text of token ``ids`` (control tokens such as BOS render as nothing)."""
-        self._live()
         self._check_ids(ids)
         arr = (ctypes.c_int32 * len(ids))(*ids)
         capacity = len(ids) * 8 + 16
-        for _ in range(2):
-            buf = ctypes.create_string_buffer(capacity)
-            n = self._lib.llama_detokenize(self._vocab, arr, len(ids), buf, capacity, False, False)
-            if n >= 0:
-                return buf.raw[:n].decode("utf-8", "replace")
-            capacity = -n
+        with self._lock:
+            self._live()
+            for _ in range(2):
+                buf = ctypes.create_string_buffer(capacity)
+                n = self._lib.llama_detokenize(
+                    self._vocab, arr, len(ids), buf, capacity, False, False
+                )
+                if n >= 0:
+                    return buf.raw[:n].decode("utf-8", "replace")
+                capacity = -n
         raise LlamaError(f"could not detokenize {len(ids)} tokens")  # pragma: no cover
 
     def _check_ids(self, ids: Sequence[int]) -> None:
@@ -397,7 +427,9 @@ class Llama:
             )
 
     def _piece(self, token: int) -> bytes:
-        return self._decoder.piece(token)
+        with self._lock:
+            self._live()
+            return self._decoder.piece(token)
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -416,7 +448,10 @@ class Llama:
         unset ones take ``SamplingParams``' defaults (llama-server's). Raises
         :class:`~lmserv.errors.ContextOverflow` when the prompt alone does not fit in ``n_ctx``.
         """
-        return "".join(self._start(prompt, self._sampling(sampling, kwargs, "generate"), Tally()))
+        with self._lock:  # the whole generation, so another thread cannot interrupt it
+            return "".join(
+                self._start(prompt, self._sampling(sampling, kwargs, "generate"), Tally())
+            )
 
     def complete(
         self,
@@ -431,7 +466,8 @@ class Llama:
         context); ``timings`` are measured here (prompt decode, then generation).
         """
         tally = Tally()
-        text = "".join(self._start(prompt, self._sampling(sampling, kwargs, "complete"), tally))
+        with self._lock:  # the whole generation, so another thread cannot interrupt it
+            text = "".join(self._start(prompt, self._sampling(sampling, kwargs, "complete"), tally))
         return completion(self._model_path.name, tally, text)
 
     def stream(
@@ -448,7 +484,9 @@ class Llama:
         that does not fit raise here, before the first piece.
         """
         tally = Tally()
-        pieces = self._start(prompt, self._sampling(sampling, kwargs, "stream"), tally)
+        options = self._sampling(sampling, kwargs, "stream")
+        with self._lock:
+            pieces = _holding(self, self._start(prompt, options, tally))
         return LlamaStream(pieces, partial(completion, self._model_path.name, tally))
 
     def _start(self, prompt: str, sampling: SamplingParams, tally: Tally) -> Iterator[str]:
@@ -511,7 +549,8 @@ class Llama:
         """
         tally = Tally()
         options = self._sampling(sampling, kwargs, "chat")
-        text = "".join(self._start(self.format_chat(messages), options, tally))
+        with self._lock:  # the whole generation, so another thread cannot interrupt it
+            text = "".join(self._start(self.format_chat(messages), options, tally))
         return chat_completion(self._model_path.name, tally, text)
 
     def chat_stream(
@@ -523,7 +562,8 @@ class Llama:
         """Like :meth:`chat`, yielding the reply in pieces (``.result`` at the end)."""
         tally = Tally()
         options = self._sampling(sampling, kwargs, "chat_stream")
-        pieces = self._start(self.format_chat(messages), options, tally)
+        with self._lock:
+            pieces = _holding(self, self._start(self.format_chat(messages), options, tally))
         return LlamaStream(pieces, partial(chat_completion, self._model_path.name, tally))
 
     # -- embeddings ----------------------------------------------------------------------------
@@ -548,38 +588,39 @@ class Llama:
         return [self._embed(text, normalize) for text in texts]
 
     def _embed(self, text: str, normalize: bool) -> list[float]:
-        ctx = self._live()
-        if not self._embedding:
-            raise LlamaError("embed() needs a Llama created with embedding=True")
-        tokens = self._tokenize(text, True, True)
-        if not tokens:
-            raise LlamaError("cannot embed an empty text")
-        limit = min(self._n_ctx, self._n_ubatch)
-        if len(tokens) > limit:
-            raise ContextOverflow(
-                f"the text has {len(tokens)} tokens but one embedding batch holds {limit}; "
-                "shorten it or raise n_ctx / LlamaParams(n_batch=..., n_ubatch=...)"
-            )
-        self._decoder.serial += 1
-        lib = self._lib
-        lib.llama_set_embeddings(ctx, True)
-        self._decoder.decode_prompt(ctx, tokens, all_outputs=True)
-        self._decoder.forget()
-        n_embd = self._n_embd
-        if lib.llama_pooling_type(ctx) == h.LLAMA_POOLING_TYPE_NONE:
-            rows = lib.llama_get_embeddings(ctx)
-            if not rows:  # pragma: no cover - llama.cpp always outputs them here
-                raise LlamaError("llama.cpp returned no token embeddings")
-            flat = rows[: n_embd * len(tokens)]
-            vector = [
-                sum(flat[r * n_embd + i] for r in range(len(tokens))) / len(tokens)
-                for i in range(n_embd)
-            ]
-        else:
-            pooled = lib.llama_get_embeddings_seq(ctx, 0)
-            if not pooled:  # pragma: no cover
-                raise LlamaError("llama.cpp returned no pooled embedding")
-            vector = pooled[:n_embd]
+        with self._lock:
+            ctx = self._live()
+            if not self._embedding:
+                raise LlamaError("embed() needs a Llama created with embedding=True")
+            tokens = self._tokenize(text, True, True)
+            if not tokens:
+                raise LlamaError("cannot embed an empty text")
+            limit = min(self._n_ctx, self._n_ubatch)
+            if len(tokens) > limit:
+                raise ContextOverflow(
+                    f"the text has {len(tokens)} tokens but one embedding batch holds {limit}; "
+                    "shorten it or raise n_ctx / LlamaParams(n_batch=..., n_ubatch=...)"
+                )
+            self._decoder.serial += 1
+            lib = self._lib
+            lib.llama_set_embeddings(ctx, True)
+            self._decoder.decode_prompt(ctx, tokens, all_outputs=True)
+            self._decoder.forget()
+            n_embd = self._n_embd
+            if lib.llama_pooling_type(ctx) == h.LLAMA_POOLING_TYPE_NONE:
+                rows = lib.llama_get_embeddings(ctx)
+                if not rows:  # pragma: no cover - llama.cpp always outputs them here
+                    raise LlamaError("llama.cpp returned no token embeddings")
+                flat = rows[: n_embd * len(tokens)]
+                vector = [
+                    sum(flat[r * n_embd + i] for r in range(len(tokens))) / len(tokens)
+                    for i in range(n_embd)
+                ]
+            else:
+                pooled = lib.llama_get_embeddings_seq(ctx, 0)
+                if not pooled:  # pragma: no cover
+                    raise LlamaError("llama.cpp returned no pooled embedding")
+                vector = pooled[:n_embd]
         if normalize:
             norm = math.sqrt(sum(v * v for v in vector))
             if norm > 0:

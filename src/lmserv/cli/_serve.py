@@ -7,6 +7,7 @@ built-in test model (the default), written on the spot, that counts ``one two`` 
 from __future__ import annotations
 
 import argparse
+import io
 import shlex
 import signal
 import sys
@@ -16,9 +17,10 @@ from types import FrameType
 from typing import Any
 
 from lmserv import config
+from lmserv._inputs import check_base_url, check_text
 from lmserv.cli._distributed import add_distributed_options, distributed_kwargs
 from lmserv.client import ChatCompletion, Client, TextStream
-from lmserv.errors import ModelNotFound
+from lmserv.errors import ConfigError, ModelNotFound
 from lmserv.install import models_fetch
 from lmserv.server import LlamaServer
 from lmserv.testing import write_counting_model
@@ -38,7 +40,7 @@ def resolve_model(spec: str | None) -> Path:
         spec = config.load_settings().models.default or COUNTING
     if spec == COUNTING:
         return write_counting_model(config.models_dir() / "counting.gguf")
-    path = Path(spec).expanduser()
+    path = config.expand_path(spec, what="model")
     if path.is_file():
         return path
     ensure = getattr(models_fetch, "ensure_model", None)  # the catalog's resolver
@@ -84,6 +86,22 @@ def _make_server(args: argparse.Namespace, **kwargs: Any) -> LlamaServer:
     )
 
 
+def _server_url(text: str) -> str:
+    """argparse ``type=`` for ``--url``: a bad URL is a usage error (exit 2), not a traceback."""
+    try:
+        return check_base_url(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _prompt(text: str) -> str:
+    """argparse ``type=`` for the prompt: bytes that are not UTF-8 are a usage error (exit 2)."""
+    try:
+        return check_text(text, "the prompt")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _sigterm_as_interrupt() -> None:
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -119,7 +137,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         )
         if name == "run":
             q.add_argument(
-                "prompt", nargs="?", default="one two", help="the prompt (default: 'one two')"
+                "prompt",
+                nargs="?",
+                default="one two",
+                type=_prompt,
+                help="the prompt (default: 'one two')",
             )
             q.add_argument(
                 "--raw",
@@ -129,7 +151,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         q.add_argument("--max-tokens", "-n", type=int, default=None, help="stop after N tokens")
         q.add_argument("--temperature", type=float, default=None, help="sampling temperature")
         q.add_argument("--seed", type=int, default=None, help="sampling seed")
-        q.add_argument("--url", default=None, help="use a running server instead of starting one")
+        q.add_argument(
+            "--url",
+            default=None,
+            type=_server_url,
+            help="use a running server instead of starting one",
+        )
         q.add_argument("--api-key", default=None, help="the running server's key (with --url)")
         _server_options(q)
         q.set_defaults(func=_run if name == "run" else _chat)
@@ -233,6 +260,11 @@ def _chat(args: argparse.Namespace) -> int:
     session = _Session(args)
     messages: list[dict[str, str]] = []
     interactive = sys.stdin.isatty()
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        # Bytes that are not UTF-8 reach check_text below as surrogate escapes, for a message
+        # naming the line and the byte, instead of a UnicodeDecodeError out of input().
+        sys.stdin.reconfigure(errors="surrogateescape")
+    number = 0
     if interactive:
         print("chat: type a message; /bye or Ctrl-D to leave", file=sys.stderr)
     try:
@@ -243,7 +275,15 @@ def _chat(args: argparse.Namespace) -> int:
                 break
             if line.strip() in ("/bye", "/exit", "/quit"):
                 break
+            number += 1
             if not line.strip():
+                continue
+            try:
+                check_text(line, "that line" if interactive else f"input line {number}")
+            except ConfigError as exc:
+                if not interactive:
+                    raise
+                print(f"lmserv: {exc}", file=sys.stderr)
                 continue
             messages.append({"role": "user", "content": line})
             stream: TextStream[ChatCompletion] = session.client.chat_stream(

@@ -145,7 +145,7 @@ def _gpu(args: argparse.Namespace) -> int:
 
 
 def _resolve_model(name: str) -> Path:
-    path = Path(name).expanduser()
+    path = config.expand_path(name, what="model")
     if path.is_file():
         return path
     folder = config.models_dir()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import httpx
 
+from lmserv._inputs import check_api_key, check_base_url, check_json_text
 from lmserv._types import (
     ChatCompletion,
     Completion,
@@ -84,10 +85,10 @@ class _Base:
     def __init__(
         self, base_url: str, *, api_key: str | None, timeout: float | httpx.Timeout
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = check_base_url(base_url).rstrip("/")
         if self.base_url.endswith("/v1"):  # people paste the OpenAI-style URL
             self.base_url = self.base_url[:-3]
-        self.api_key = api_key
+        self.api_key = check_api_key(api_key) if api_key else api_key
         self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
@@ -255,6 +256,7 @@ class Client(_Base):
 
     def _post(self, path: str, body: Mapping[str, Any]) -> Any:
         where = f"POST {path}"
+        check_json_text(body, where)
         with _translate(self.base_url, where, self.timeout):
             return self._checked(self._http.post(path, json=body), where).json()
 
@@ -262,6 +264,7 @@ class Client(_Base):
         self, path: str, body: Mapping[str, Any], parser: _EventParser[R]
     ) -> TextStream[R]:
         where = f"POST {path}"
+        check_json_text(body, where)
         with _translate(self.base_url, where, self.timeout):
             request = self._http.build_request("POST", path, json=body)
             response = self._http.send(request, stream=True)
@@ -421,6 +424,7 @@ class AsyncClient(_Base):
 
     async def _post(self, path: str, body: Mapping[str, Any]) -> Any:
         where = f"POST {path}"
+        check_json_text(body, where)
         with _translate(self.base_url, where, self.timeout):
             return self._checked(await self._http.post(path, json=body), where).json()
 
@@ -428,6 +432,7 @@ class AsyncClient(_Base):
         self, path: str, body: Mapping[str, Any], parser: _EventParser[R]
     ) -> AsyncTextStream[R]:
         where = f"POST {path}"
+        check_json_text(body, where)
         with _translate(self.base_url, where, self.timeout):
             request = self._http.build_request("POST", path, json=body)
             response = await self._http.send(request, stream=True)

@@ -51,6 +51,7 @@ from lmserv.config._values import (
     CudaSetting,
     _Bad,
     _Spec,
+    expand_path,
 )
 from lmserv.errors import ConfigError
 
@@ -68,6 +69,7 @@ __all__ = [
     "cache_dir",
     "config_file",
     "data_dir",
+    "expand_path",
     "get_settings",
     "load_settings",
     "models_dir",
@@ -219,10 +221,11 @@ def load_settings(
     data = _FileData(Path(), False, {}, {})
     path: Path | None = None
     if file == "auto":
-        path = Path(environ[CONFIG_ENV]).expanduser() if environ.get(CONFIG_ENV) else config_file()
+        explicit = environ.get(CONFIG_ENV)
+        path = expand_path(explicit, what=f"${CONFIG_ENV}") if explicit else config_file()
         data = _read_file(path, required=bool(environ.get(CONFIG_ENV)))
     elif file is not None:
-        path = Path(file).expanduser()
+        path = expand_path(str(file), what="config file")
         data = _read_file(path, required=True)
 
     values: dict[str, object] = {}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import platformdirs
 
-from lmserv.config._values import _BY_NAME, _SPECS, _TABLES
+from lmserv.config._values import _BY_NAME, _SPECS, _TABLES, expand_path
 from lmserv.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -27,7 +27,7 @@ def config_file() -> Path:
     """The config file lmserv reads: ``$LMSERV_CONFIG``, else ``<config folder>/config.toml``."""
     explicit = os.environ.get(CONFIG_ENV)
     if explicit:
-        return Path(explicit).expanduser()
+        return expand_path(explicit, what=f"${CONFIG_ENV}")
     return Path(platformdirs.user_config_dir(_APP, appauthor=False)) / "config.toml"
 
 

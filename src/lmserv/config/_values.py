@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from lmserv._inputs import check_api_key
+from lmserv.errors import ConfigError
+
 _ENV_PREFIX = "LMSERV_"
 CudaSetting = Literal["auto", "on", "off"]
 
@@ -22,16 +25,46 @@ def _as_str(value: object) -> str:
     return value
 
 
+def expand_path(text: str, *, what: str = "path") -> Path:
+    """``Path(text).expanduser()``, raising :class:`~lmserv.errors.ConfigError` (not
+    ``RuntimeError``) when ``~user`` names nobody on this machine or there is no home folder.
+
+    ``what`` names the value in the message (``"$LLAMA_BIN_DIR"``, ``"model path"``).
+    """
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        tilde = text.replace("\\", "/").split("/", 1)[0]
+        whose = f"user {tilde[1:]!r}" if len(tilde) > 1 else "the current user"
+        raise ConfigError(
+            f"{what} {text!r} starts with {tilde!r}, but {whose} has no home folder on this "
+            "machine; write the path in full (e.g. /home/NAME/...)"
+        ) from None
+
+
 def _as_path(value: object) -> Path:
     text = _as_str(value).strip()
     if not text:
         raise _Bad("expected a folder path, got an empty string")
-    return Path(text).expanduser()
+    try:
+        return expand_path(text)
+    except ConfigError as exc:
+        raise _Bad(str(exc)) from None
 
 
 def _as_optional_str(value: object) -> str | None:
     text = _as_str(value)
     return text or None
+
+
+def _as_api_key(value: object) -> str | None:
+    text = _as_optional_str(value)
+    if text is not None:
+        try:
+            check_api_key(text)
+        except ConfigError as exc:
+            raise _Bad(str(exc)) from None
+    return text
 
 
 def _as_host(value: object) -> str:
@@ -124,7 +157,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("models", "default", _plain(_as_optional_str), "model used when none is named"),
     _Spec("server", "host", _plain(_as_host), "address llama-server binds"),
     _Spec("server", "port", _envaware(_as_port), "port llama-server listens on (0: free)"),
-    _Spec("server", "api_key", _plain(_as_optional_str), "API key clients must send"),
+    _Spec("server", "api_key", _plain(_as_api_key), "API key clients must send"),
     _Spec("build", "cuda", _plain(_as_cuda), "CUDA build: auto, on or off"),
     _Spec("build", "jobs", _envaware(_as_count), "parallel compile jobs (0: all cores)"),
     _Spec("build", "rpc", _envaware(_as_bool), "also build the RPC worker"),

@@ -62,7 +62,7 @@ def _known_build_dirs() -> list[Path]:
 
 def _env_dir(var: str) -> list[tuple[str, Path]]:
     value = os.environ.get(var)
-    return [(f"${var}", Path(value).expanduser())] if value else []
+    return [(f"${var}", config.expand_path(value, what=f"${var}"))] if value else []
 
 
 def binary_search_dirs() -> list[tuple[str, Path]]:
