@@ -109,8 +109,8 @@ def filesystem_error(exc: OSError, folder: Path, kept: str) -> DownloadError:
         return planted_link(Path(path))
     if exc.errno in _DENIED:
         return DownloadError(
-            f"cannot write {path}: {why}; {kept}. Make {folder} writable, or download to "
-            f"another folder {ELSEWHERE}"
+            f"cannot write {path}: {why}. Make {folder} writable, or download to another "
+            f"folder {ELSEWHERE}; {kept}"
         )
     if exc.errno in _NOT_A_FOLDER:
         return DownloadError(
