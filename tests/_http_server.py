@@ -49,7 +49,8 @@ class Faults:
     fail_after_bytes: int | None = None  # once this many body bytes went out: 500 forever
     status: int | None = None  # answer every request with this status
     gate: threading.Event | None = None  # hold every response until this is set
-    endless: bool = False  # no Content-Length: the body goes on past the file until hung up
+    endless: bool = False  # no Content-Length: the body goes on past the file until hung up ...
+    endless_limit: int = 256 << 20  # ... or until this many junk bytes went out
     etag: bool = True  # send an ETag ...
     last_modified: bool = True  # ... and a Last-Modified for each version of a file
     ignore_if_range: bool = False  # answer Range with 206 even when If-Range names another version
@@ -225,13 +226,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self._send_body(content, start, end + 1)
         if f.endless:
-            self._send_forever()
+            self._send_forever(f.endless_limit)
 
-    def _send_forever(self, limit: int = 256 << 20) -> None:
+    def _send_forever(self, limit: int) -> None:
         """Junk after the file, until the client hangs up (or ``limit`` bytes, a safety net)."""
         junk = b"\xee" * _BLOCK
         with contextlib.suppress(OSError):
-            for _ in range(limit // _BLOCK):
+            for _ in range(-(-limit // _BLOCK)):
                 self.wfile.write(junk)
                 with self.server.state.lock:
                     self.server.state.bytes_served += len(junk)

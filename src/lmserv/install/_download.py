@@ -425,6 +425,8 @@ def _single_stream(
                         bar.update(len(data))
                 if total is None or pos == total:
                     return hasher.hexdigest(), pos
+                if pos > total:  # cannot happen past the cut above; a retry would loop forever
+                    raise _Overrun(total)
                 raise Retryable(f"connection closed at byte {pos} of {total}")
             except (httpx.TransportError, Retryable) as exc:
                 attempt = 1 if pos > before else attempt + 1
