@@ -16,7 +16,9 @@ The order of things, and why:
    sending past it is cut off. Every file is opened without following symbolic links
    (:mod:`lmserv.install._files`), and operating-system errors become lmserv errors there.
 
-The guarantees, with the test that holds each, are listed in docs/faults.md.
+One connection is :mod:`lmserv.install._single`, several are :mod:`lmserv.install._parallel`;
+this module decides between them and owns the sidecar, the lock and the final rename. The
+guarantees, with the test that holds each, are listed in docs/faults.md.
 """
 
 from __future__ import annotations
@@ -26,10 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import queue
-import shutil
-import sys
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -39,14 +37,13 @@ import httpx
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
-from lmserv._units import human_bytes
-from lmserv.errors import ChecksumMismatch, DownloadError, InsufficientDiskSpace, LmservError
+from lmserv.errors import ChecksumMismatch, DownloadError, LmservError
 from lmserv.install import _parallel
 from lmserv.install._archive import archive_kind, extract_archive, extraction_target
 from lmserv.install._files import (
     ELSEWHERE,
+    check_disk,
     filesystem_error,
-    open_nofollow,
     planted_link,
     write_json,
 )
@@ -58,7 +55,8 @@ from lmserv.install._http import (
     content_range,
     redact,
 )
-from lmserv.install._parallel import RetryPolicy, save_state
+from lmserv.install._parallel import RetryPolicy
+from lmserv.install._single import HASH_BLOCK, Bar, Overrun, fetch_single
 
 __all__ = [
     "DEFAULT_CONNECTIONS",
@@ -73,7 +71,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONNECTIONS = 8
 PARALLEL_MIN_SIZE = 32 << 20  # below this one connection is as fast as several
-_HASH_BLOCK = 1 << 20
 _SIDECAR_VERSION = 1
 _T = TypeVar("_T")
 
@@ -141,7 +138,7 @@ def is_verified(dest: Path, sha256: str | None = None) -> bool:
 def _hash_file(path: Path, on_progress: Callable[[int], None] | None = None) -> str:
     hasher = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
+        while block := f.read(HASH_BLOCK):
             hasher.update(block)
             if on_progress:
                 on_progress(len(block))
@@ -181,260 +178,6 @@ def _already_there(dest: Path, sha256: str | None, size: int | None, url: str) -
     return True
 
 
-def _check_disk(folder: Path, needed: int) -> None:
-    if needed <= 0:
-        return
-    free = shutil.disk_usage(folder).free
-    if needed > free:
-        raise InsufficientDiskSpace(
-            f"not enough disk space in {folder}: the download needs {human_bytes(needed)} more, "
-            f"only {human_bytes(free)} is free; free some space or download to another folder "
-            "(lmserv pull --dir DIR, or set LMSERV_PATHS_MODELS)"
-        )
-
-
-class _Bar:
-    """A tqdm bar on a TTY (or when asked), nothing otherwise."""
-
-    def __init__(self, show: bool | None, total: int | None, desc: str) -> None:
-        if show is None:
-            show = bool(getattr(sys.stderr, "isatty", lambda: False)())
-        self._bar: Any = None
-        if show:
-            from tqdm import tqdm
-
-            self._bar = tqdm(
-                total=total,
-                desc=desc,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                file=sys.stderr,
-                mininterval=0.2,
-                dynamic_ncols=True,
-            )
-
-    def total(self, total: int) -> None:
-        if self._bar is not None and self._bar.total != total:
-            self._bar.total = total
-            self._bar.refresh()
-
-    def update(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.update(n)
-
-    def reset(self) -> None:
-        if self._bar is not None:
-            self._bar.reset()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-class _HashPipe:
-    """SHA-256 on a helper thread, fed in order: hashing overlaps the network and the disk.
-
-    hashlib releases the GIL on large buffers, so this is real parallelism. The queue is
-    bounded (64 pieces of at most 64 KiB), so memory stays flat.
-    """
-
-    def __init__(self) -> None:
-        self._open = False
-        self.reset()
-
-    def reset(self) -> None:
-        """Start over from zero bytes (the server ignored Range)."""
-        self.close()
-        self._hasher = hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
-        self._thread = threading.Thread(target=self._run, name="lmserv-sha256", daemon=True)
-        self._thread.start()
-        self._open = True
-
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            self._hasher.update(item)
-
-    def update(self, data: bytes) -> None:
-        self._queue.put(data)
-
-    def close(self) -> None:
-        if self._open:
-            self._open = False
-            self._queue.put(None)
-            self._thread.join()
-
-    def hexdigest(self) -> str:
-        self.close()
-        return self._hasher.hexdigest()
-
-
-class _Overrun(Exception):
-    """The server sent more bytes than the file's known size."""
-
-
-def _single(
-    fetcher: Fetcher,
-    dest: Path,
-    *,
-    size: int | None,
-    sha256: str | None,
-    known: Validators | None,
-    policy: RetryPolicy,
-    bar: _Bar,
-    describe: Callable[[str], str],
-) -> tuple[str, int]:
-    """One connection, appending to ``<dest>.part``; returns (sha256, bytes).
-
-    Hashes as it writes. ``known``: the validators recorded with the ``.part`` (None when
-    unknown). Raises :class:`DownloadError`, deleting the ``.part``, when the server sends
-    more than the known size.
-    """
-    hasher = _HashPipe()
-    part = _part_path(dest)
-    try:
-        return _single_stream(
-            fetcher,
-            dest,
-            hasher,
-            size=size,
-            sha256=sha256,
-            known=known,
-            policy=policy,
-            bar=bar,
-            describe=describe,
-        )
-    except _Overrun as exc:
-        part.unlink(missing_ok=True)
-        _state_path(dest).unlink(missing_ok=True)
-        raise DownloadError(
-            f"downloading {redact(fetcher.url)} failed: the server sent more than the {exc} "
-            "bytes the file has, so it was cut off and the partial file was deleted; check the "
-            "URL, and if it repeats the server is broken"
-        ) from None
-    finally:
-        hasher.close()
-
-
-def _single_stream(
-    fetcher: Fetcher,
-    dest: Path,
-    hasher: _HashPipe,
-    *,
-    size: int | None,
-    sha256: str | None,
-    known: Validators | None,
-    policy: RetryPolicy,
-    bar: _Bar,
-    describe: Callable[[str], str],
-) -> tuple[str, int]:
-    part = _part_path(dest)
-    pos = 0
-    if part.exists():
-        pos = part.stat().st_size
-        if size is not None and pos > size:
-            part.unlink()
-            pos = 0
-        elif pos:
-            log.info("resuming %s at byte %d", part, pos)
-            pos = 0
-            with open_nofollow(part, "rb") as f:
-                while block := f.read(_HASH_BLOCK):
-                    hasher.update(block)
-                    pos += len(block)
-                    bar.update(len(block))
-    # The bytes on disk belong to the version ``known`` names: ask for the rest of that version
-    # only (If-Range); a server whose file changed answers 200 with the whole new file.
-    fetcher.if_range = known.if_range() if known is not None and pos else None
-    recorded = known
-    total: int | None = size
-    disk_checked = size is not None
-    attempt = 0
-    with open_nofollow(part, "ab" if pos else "wb", buffering=0) as out:
-        while True:
-            before = pos
-            try:
-                with fetcher.get(pos if pos else None) as response:
-                    current = Validators.of(response)
-                    changed = (
-                        response.status_code == 206 and known is not None and known.differs(current)
-                    )
-                    if changed:
-                        log.warning(
-                            "%s changed upstream since %s was started; downloading it again "
-                            "from the start",
-                            redact(fetcher.url),
-                            part,
-                        )
-                    if response.status_code == 416:
-                        _s, _e, reported = content_range(response.headers.get("content-range"))
-                        length = reported if reported is not None else total
-                        if length is not None and pos == length:
-                            return hasher.hexdigest(), pos  # the .part was already complete
-                        log.info("server refused resuming at %d; starting over", pos)
-                    elif response.status_code == 206 and not changed:
-                        start, _e, reported = content_range(response.headers.get("content-range"))
-                        if start == pos:
-                            total = reported if reported is not None else total
-                        else:
-                            raise Retryable(f"server sent bytes from {start}, asked for {pos}")
-                    elif pos and not changed:
-                        log.info(
-                            "%s sent the whole file (Range ignored, or the file changed "
-                            "upstream); starting over",
-                            redact(fetcher.url),
-                        )
-                    if (response.status_code != 206 or changed) and pos:
-                        out.seek(0)
-                        out.truncate(0)
-                        hasher.reset()
-                        bar.reset()
-                        pos = 0
-                        if response.status_code == 416 or changed:
-                            known = recorded = None
-                            fetcher.if_range = None
-                            continue
-                    if response.status_code in (200, 206) and current != recorded:
-                        # Before the first byte of this version lands: what a resume checks.
-                        save_state(_state_path(dest), fetcher.url, total, sha256, None, current)
-                        recorded = known = current
-                        fetcher.if_range = current.if_range()
-                    if response.status_code == 200:
-                        length = response.headers.get("content-length")
-                        total = int(length) if length and length.isdigit() else total
-                    if total is not None:
-                        if size is not None and total != size:
-                            raise DownloadError(
-                                describe(f"the server reports {total} bytes, expected {size}")
-                            )
-                        bar.total(total)
-                        if not disk_checked:
-                            _check_disk(part.parent, total - pos)
-                            disk_checked = True
-                    # No chunk_size: re-chunking would hold back received bytes on a drop.
-                    for data in response.iter_raw():
-                        if total is not None and pos + len(data) > total:
-                            raise _Overrun(total)  # an endless body must not fill the disk
-                        view = memoryview(data)
-                        while view:
-                            written = out.write(view)
-                            view = view[written:]
-                        hasher.update(data)
-                        pos += len(data)
-                        bar.update(len(data))
-                if total is None or pos == total:
-                    return hasher.hexdigest(), pos
-                if pos > total:  # cannot happen past the cut above; a retry would loop forever
-                    raise _Overrun(total)
-                raise Retryable(f"connection closed at byte {pos} of {total}")
-            except (httpx.TransportError, Retryable) as exc:
-                attempt = 1 if pos > before else attempt + 1
-                delay = policy.pause_after(exc, attempt, describe)
-                log.info("%s: %s; retrying in %.1fs", redact(fetcher.url), exc, delay)
-                time.sleep(delay)
-
-
 def _probe(fetcher: Fetcher) -> tuple[int | None, Validators]:
     """The file's size when the server honours Range (else None), and its validators.
 
@@ -471,7 +214,7 @@ def _fetch(
     size: int | None,
     connections: int | None,
     policy: RetryPolicy,
-    bar: _Bar,
+    bar: Bar,
     describe: Callable[[str], str],
 ) -> tuple[str, int]:
     """Fill ``<dest>.part``; returns (sha256, bytes). Picks parallel or single connection."""
@@ -480,16 +223,26 @@ def _fetch(
     known = Validators.from_record(record) if record is not None else None
 
     def single() -> tuple[str, int]:
-        return _single(
-            fetcher,
-            dest,
-            size=size,
-            sha256=sha256,
-            known=known,
-            policy=policy,
-            bar=bar,
-            describe=describe,
-        )
+        try:
+            return fetch_single(
+                fetcher,
+                part,
+                state,
+                size=size,
+                sha256=sha256,
+                known=known,
+                policy=policy,
+                bar=bar,
+                describe=describe,
+            )
+        except Overrun as exc:
+            part.unlink(missing_ok=True)
+            state.unlink(missing_ok=True)
+            raise DownloadError(
+                f"downloading {redact(fetcher.url)} failed: the server sent more than the {exc} "
+                "bytes the file has, so it was cut off and the partial file was deleted; check "
+                "the URL, and if it repeats the server is broken"
+            ) from None
 
     def start_over(why: str) -> None:
         nonlocal known
@@ -533,13 +286,13 @@ def _fetch(
         if present > total:
             part.unlink()
             present = 0
-        _check_disk(dest.parent, total - present)
+        check_disk(dest.parent, total - present)
         chunks = _parallel.plan_chunks(total, wanted)
         for chunk in chunks:
             chunk.done = max(0, min(present - chunk.start, chunk.end - chunk.start))
         known = current
     assert total is not None
-    _check_disk(dest.parent, total - sum(c.done for c in chunks))
+    check_disk(dest.parent, total - sum(c.done for c in chunks))
     bar.total(total)
     fetcher.if_range = known.if_range() if known is not None else None
     try:
@@ -667,7 +420,7 @@ def _download(
         record = _read_state(dest)
         parallel = record is not None and record.get("chunks") is not None
         have = part.stat().st_size if part.exists() and not parallel else 0
-        _check_disk(dest.parent, size - have)
+        check_disk(dest.parent, size - have)
 
     def describe(reason: str) -> str:
         return f"downloading {redact(url)} failed: {reason}; {_kept(part, hint)}"
@@ -683,7 +436,7 @@ def _download(
             return final
         if is_archive and dest.is_file() and _already_there(dest, sha, size, url):
             return _extract(dest, final, url)  # verified earlier, extraction interrupted
-        bar = _Bar(progress, size, dest.name)
+        bar = Bar(progress, size, dest.name)
         try:
             with Fetcher(
                 url,

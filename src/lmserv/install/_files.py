@@ -16,13 +16,16 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import IO, Any
 
+from lmserv._units import human_bytes
 from lmserv.errors import DownloadError, InsufficientDiskSpace
 
 __all__ = [
     "ELSEWHERE",
+    "check_disk",
     "filesystem_error",
     "open_nofollow",
     "planted_link",
@@ -118,3 +121,16 @@ def filesystem_error(exc: OSError, folder: Path, kept: str) -> DownloadError:
             f"folder is needed); move that file away, or download to another folder {ELSEWHERE}"
         )
     return DownloadError(f"writing {path} failed: {why}; {kept}. Check {folder} and run again")
+
+
+def check_disk(folder: Path, needed: int) -> None:
+    """Raise :class:`InsufficientDiskSpace` when ``folder`` has less than ``needed`` bytes free."""
+    if needed <= 0:
+        return
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise InsufficientDiskSpace(
+            f"not enough disk space in {folder}: the download needs {human_bytes(needed)} more, "
+            f"only {human_bytes(free)} is free; free some space or download to another folder "
+            f"{ELSEWHERE}"
+        )
