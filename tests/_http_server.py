@@ -3,8 +3,9 @@
 It serves byte strings (or generated content too large to hold) with Range support, keep-alive
 and one thread per connection, and injects the faults downloads meet in the wild: a dropped
 connection after N bytes, a server that ignores Range, 503 with Retry-After, a corrupted byte,
-a per-connection rate cap, a stall, a lying size, and a site that goes down. Every request is
-recorded for assertions. Also runnable on its own for the benchmarks::
+a per-connection rate cap, a stall, a lying size, a body that never ends, and a site that goes
+down. Like real servers it sends ``ETag`` and ``Last-Modified`` (a new version with every
+:meth:`FileServer.add`) and honours ``If-Range``. Every request is recorded for assertions. Also runnable on its own for the benchmarks::
 
     python tests/_http_server.py --virtual 2147483648 --port 0
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import email.utils
 import hashlib
 import re
 import socket
@@ -47,6 +49,11 @@ class Faults:
     fail_after_bytes: int | None = None  # once this many body bytes went out: 500 forever
     status: int | None = None  # answer every request with this status
     gate: threading.Event | None = None  # hold every response until this is set
+    endless: bool = False  # no Content-Length: the body goes on past the file until hung up ...
+    endless_limit: int = 256 << 20  # ... or until this many junk bytes went out
+    etag: bool = True  # send an ETag ...
+    last_modified: bool = True  # ... and a Last-Modified for each version of a file
+    ignore_if_range: bool = False  # answer Range with 206 even when If-Range names another version
 
 
 @dataclass
@@ -80,11 +87,14 @@ class Request:
     authorization: str | None
     host: str | None
     status: int
+    if_range: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # every header, names lower-cased
 
 
 @dataclass
 class _State:
     files: dict[str, bytes | VirtualFile] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
     redirects: dict[str, str] = field(default_factory=dict)
     faults: Faults = field(default_factory=Faults)
     requests: list[Request] = field(default_factory=list)
@@ -138,6 +148,8 @@ class _Handler(BaseHTTPRequestHandler):
                     self.headers.get("Authorization"),
                     self.headers.get("Host"),
                     status,
+                    self.headers.get("If-Range"),
+                    {k.lower(): v for k, v in self.headers.items()},
                 )
             )
 
@@ -179,7 +191,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         size = _length(content)
         reported = f.fake_total or size
+        version = st.versions.get(self.path, 0)
+        etag = f'"v{version}-{size}"'
+        modified = email.utils.formatdate(1_700_000_000 + version, usegmt=True)
         match = _RANGE.match(self.headers.get("Range") or "")
+        if_range = self.headers.get("If-Range")
+        if match and if_range and not f.ignore_if_range and if_range not in (etag, modified):
+            match = None  # RFC 9110: another version than the client holds, so the whole file
         start, end = 0, size - 1
         status = 200
         if match and not f.ignore_range:
@@ -192,13 +210,32 @@ class _Handler(BaseHTTPRequestHandler):
         self._record(status)
         self.send_response(status)
         self.send_header("Accept-Ranges", "bytes")
+        if f.etag:
+            self.send_header("ETag", etag)
+        if f.last_modified:
+            self.send_header("Last-Modified", modified)
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{reported}")
+        if f.endless:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        elif status == 206:
             self.send_header("Content-Length", str(end - start + 1))
         else:
             self.send_header("Content-Length", str(reported))
         self.end_headers()
         self._send_body(content, start, end + 1)
+        if f.endless:
+            self._send_forever(f.endless_limit)
+
+    def _send_forever(self, limit: int) -> None:
+        """Junk after the file, until the client hangs up (or ``limit`` bytes, a safety net)."""
+        junk = b"\xee" * _BLOCK
+        with contextlib.suppress(OSError):
+            for _ in range(-(-limit // _BLOCK)):
+                self.wfile.write(junk)
+                with self.server.state.lock:
+                    self.server.state.bytes_served += len(junk)
 
     def _take(self, attr: str) -> bool:
         st = self.server.state
@@ -272,7 +309,10 @@ class FileServer:
 
     # -- setup -------------------------------------------------------------------------------
     def add(self, path: str, content: bytes | VirtualFile) -> str:
-        self.state.files[path] = content
+        """Serve ``content`` at ``path``; adding again publishes a new version (new ETag)."""
+        with self.state.lock:
+            self.state.files[path] = content
+            self.state.versions[path] = self.state.versions.get(path, -1) + 1
         return self.url(path)
 
     def redirect(self, path: str, location: str) -> str:

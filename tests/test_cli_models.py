@@ -116,7 +116,6 @@ def test_errors_exit_1_and_usage_errors_exit_2(tmp_path: Path) -> None:
         "pull", "http://127.0.0.1:9/none.gguf", "--dir", str(tmp_path), "-q", "--retries", "1"
     )
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
-    assert (
-        "to resume" in refused.stderr
-        and "lmserv pull http://127.0.0.1:9/none.gguf" in refused.stderr
-    )
+    # Nothing arrived, so nothing is kept: the message must not promise a resume.
+    assert "no partial file was kept" in refused.stderr and "to resume" not in refused.stderr
+    assert "lmserv pull http://127.0.0.1:9/none.gguf` again to try again" in refused.stderr

@@ -110,6 +110,14 @@ def _write_through_link(tar: tarfile.TarFile) -> None:
     _link(tar, "inner2", "inner/..")  # resolves to the folder's parent
 
 
+def _link_chain(tar: tarfile.TarFile) -> None:
+    # "a" is judged while sub/b does not exist (sub/b/.. is then sub); once sub/b -> .. (the
+    # folder itself, harmless alone) exists, a resolves to the folder's parent.
+    _link(tar, "a", "sub/b/..")
+    _file(tar, "sub/model.gguf", MODEL)
+    _link(tar, "sub/b", "..")
+
+
 def _hardlink_out(tar: tarfile.TarFile) -> None:
     _link(tar, "hard", "../escape-hard.txt", tarfile.LNKTYPE)
 
@@ -128,6 +136,7 @@ def _device(tar: tarfile.TarFile) -> None:
         (_symlink_out, "outside the target folder"),
         (_symlink_abs, "absolute path"),
         (_write_through_link, "outside the target folder"),
+        (_link_chain, "'a' links to 'sub/b/..', outside the target folder"),
         (_hardlink_out, "outside the target folder"),
         (_device, "special file"),
     ],

@@ -5,6 +5,10 @@ target lies outside the folder, or anything but a file, folder or link raises
 :class:`~lmserv.errors.UnsafeArchive`. Extraction goes to a temporary folder beside the target
 and is renamed into place only when the whole archive was read, so a refused or broken archive
 leaves nothing behind.
+
+A link is judged twice: as its member arrives, and again against the final tree. The second
+check is the one that counts for chains: ``a -> sub/b/..`` is harmless while ``sub/b`` does not
+exist, and leaves the folder once a later member makes ``sub/b`` a link to ``..``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO
 
-from lmserv.errors import DownloadError, UnsafeArchive
+from lmserv.errors import ConfigError, DownloadError, UnsafeArchive
 
 __all__ = ["archive_kind", "extract_archive", "extraction_target"]
 
@@ -35,7 +39,14 @@ def extraction_target(archive: Path) -> Path:
     lower = archive.name.lower()
     for suffix in _SUFFIXES:
         if lower.endswith(suffix):
-            return archive.with_name(archive.name[: -len(suffix)])
+            stem = archive.name[: -len(suffix)]
+            if stem in ("", ".", ".."):
+                raise ConfigError(
+                    f"cannot extract {archive.name!r}: without {archive.name[len(stem) :]!r} "
+                    f"its name is {stem!r}, which cannot name a folder; use a URL whose file "
+                    "name has a stem, e.g. https://host/path/model.tar.gz"
+                )
+            return archive.with_name(stem)
     raise ValueError(f"{archive} is not a .tar.gz or .tar.zst archive")
 
 
@@ -43,14 +54,31 @@ def _inside(root: str, path: str) -> bool:
     return os.path.commonpath([root, path]) == root
 
 
+def _refusal(archive: Path, member: str, why: str) -> UnsafeArchive:
+    return UnsafeArchive(
+        f"refusing to extract {archive.name}: member {member!r} {why}; "
+        "the archive is not safe to unpack, nothing was extracted"
+    )
+
+
+def _check_final_links(root: str, archive: Path) -> None:
+    """Every link in the extracted tree must resolve inside it, now that all links exist."""
+    real_root = os.path.realpath(root)
+    for folder, dirs, files in os.walk(root):  # does not descend into linked folders
+        for name in (*dirs, *files):
+            path = os.path.join(folder, name)
+            if os.path.islink(path) and not _inside(real_root, os.path.realpath(path)):
+                member = os.path.relpath(path, root).replace(os.sep, "/")
+                raise _refusal(
+                    archive, member, f"links to {os.readlink(path)!r}, outside the target folder"
+                )
+
+
 def _check_member(member: tarfile.TarInfo, root: str, archive: Path) -> None:
     name = member.name.replace("\\", "/")
 
     def refuse(why: str) -> UnsafeArchive:
-        return UnsafeArchive(
-            f"refusing to extract {archive.name}: member {member.name!r} {why}; "
-            "the archive is not safe to unpack, nothing was extracted"
-        )
+        return _refusal(archive, member.name, why)
 
     if name.startswith("/") or PureWindowsPath(member.name).drive:
         raise refuse("has an absolute path")
@@ -108,6 +136,8 @@ def extract_archive(archive: Path, target: Path | None = None) -> Path:
         raise ValueError(f"{archive} is not a .tar.gz or .tar.zst archive")
     target = target or extraction_target(archive)
     tmp = target.with_name(f".{target.name}.extracting-{os.getpid()}")
+    if tmp.is_symlink():  # never extract through a link planted at our temp name
+        tmp.unlink()
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     root = os.path.abspath(tmp)
@@ -119,6 +149,7 @@ def extract_archive(archive: Path, target: Path | None = None) -> Path:
                     tar.extract(member, root, filter="data")
                 else:  # pragma: no cover - Python < 3.10.12 has no filters; checked above
                     tar.extract(member, root)
+        _check_final_links(root, archive)
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         elif target.exists() or target.is_symlink():
@@ -126,7 +157,7 @@ def extract_archive(archive: Path, target: Path | None = None) -> Path:
         os.replace(tmp, target)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise DownloadError(
-            f"cannot extract {archive}: {exc}; delete it and download it again"
+            f"cannot extract {archive}: {exc}; the archive is damaged or truncated"
         ) from exc
     except Exception as exc:
         if type(exc).__module__.startswith("zstandard"):

@@ -14,11 +14,13 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from lmserv.errors import ConfigError, ModelNotFound
+from lmserv.install._archive import archive_kind, extraction_target
+from lmserv.install._http import check_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -274,9 +276,11 @@ def parse_spec(spec: str, catalog: Mapping[str, CatalogEntry]) -> ModelSpec:
     if is_direct_spec(spec):
         base, sha = _split_fragment(spec.strip())
         url = hf_url(base) if base.lower().startswith("hf://") else base
-        if not urlsplit(url).netloc:
-            raise ConfigError(f"URL {spec!r} has no host; write it as https://host/path/file.gguf")
-        return ModelSpec(url=url, filename=url_filename(url), sha256=sha)
+        check_url(url)  # a malformed URL ("http://[::1/x.gguf") is a ConfigError, not a crash
+        filename = url_filename(url)
+        if archive_kind(filename):
+            extraction_target(Path(filename))  # "..tar.gz" names no folder to extract into
+        return ModelSpec(url=url, filename=filename, sha256=sha)
     entry = lookup(spec, catalog)
     return ModelSpec(
         url=entry.url, filename=entry.local_name, sha256=entry.sha256, size=entry.size, entry=entry

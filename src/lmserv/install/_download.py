@@ -9,7 +9,16 @@ The order of things, and why:
    filesystems), the digest check below still keeps a bad file from being renamed into place.
 3. Bytes go to ``<name>.part``; the SHA-256 is computed in the same pass (bytes already in a
    ``.part`` are hashed first), and the final name appears only after verification, by atomic
-   rename. Ctrl-C leaves the ``.part`` (and ``.part.json`` for parallel chunks) for the next run.
+   rename. Ctrl-C leaves the ``.part`` and its ``.part.json`` (the file's ETag and Last-Modified,
+   and for parallel runs each chunk's progress) for the next run, which resumes with ``If-Range``
+   and starts over if the file changed upstream.
+4. A known size (``size=``, or the server's own) is enforced while streaming: a server that keeps
+   sending past it is cut off. Every file is opened without following symbolic links
+   (:mod:`lmserv.install._files`), and operating-system errors become lmserv errors there.
+
+One connection is :mod:`lmserv.install._single`, several are :mod:`lmserv.install._parallel`;
+this module decides between them and owns the sidecar, the lock and the final rename. The
+guarantees, with the test that holds each, are listed in docs/faults.md.
 """
 
 from __future__ import annotations
@@ -19,25 +28,35 @@ import hashlib
 import json
 import logging
 import os
-import queue
-import shutil
-import sys
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
-from lmserv._units import human_bytes
-from lmserv.errors import ChecksumMismatch, DownloadError, InsufficientDiskSpace
+from lmserv.errors import ChecksumMismatch, DownloadError, LmservError
 from lmserv.install import _parallel
 from lmserv.install._archive import archive_kind, extract_archive, extraction_target
-from lmserv.install._http import Fetcher, Retryable, content_range
+from lmserv.install._files import (
+    ELSEWHERE,
+    check_disk,
+    filesystem_error,
+    planted_link,
+    write_json,
+)
+from lmserv.install._http import (
+    Fetcher,
+    Retryable,
+    Validators,
+    check_url,
+    content_range,
+    redact,
+)
 from lmserv.install._parallel import RetryPolicy
+from lmserv.install._single import HASH_BLOCK, Bar, Overrun, fetch_single
 
 __all__ = [
     "DEFAULT_CONNECTIONS",
@@ -52,8 +71,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONNECTIONS = 8
 PARALLEL_MIN_SIZE = 32 << 20  # below this one connection is as fast as several
-_HASH_BLOCK = 1 << 20
 _SIDECAR_VERSION = 1
+_T = TypeVar("_T")
 
 
 def sidecar_path(dest: Path) -> Path:
@@ -81,16 +100,22 @@ def read_sidecar(dest: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("version") == _SIDECAR_VERSION else None
 
 
+def _read_state(dest: Path) -> dict[str, Any] | None:
+    """The resume record ``<name>.part.json`` (``chunks`` is None for one connection)."""
+    try:
+        data = json.loads(_state_path(dest).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def _write_sidecar(dest: Path, digest: str, size: int, url: str, **extra: Any) -> None:
     record: dict[str, Any] = {"version": _SIDECAR_VERSION, "sha256": digest, "size": size}
     if dest.exists():
         st = dest.stat()
         record["mtime_ns"] = st.st_mtime_ns
-    record.update(url=url, verified_at=time.time(), **extra)
-    path = sidecar_path(dest)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1), "utf-8")
-    os.replace(tmp, path)
+    record.update(url=redact(url), verified_at=time.time(), **extra)
+    write_json(sidecar_path(dest), record)
 
 
 def is_verified(dest: Path, sha256: str | None = None) -> bool:
@@ -113,7 +138,7 @@ def is_verified(dest: Path, sha256: str | None = None) -> bool:
 def _hash_file(path: Path, on_progress: Callable[[int], None] | None = None) -> str:
     hasher = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
+        while block := f.read(HASH_BLOCK):
             hasher.update(block)
             if on_progress:
                 on_progress(len(block))
@@ -121,9 +146,21 @@ def _hash_file(path: Path, on_progress: Callable[[int], None] | None = None) -> 
 
 
 def _already_there(dest: Path, sha256: str | None, size: int | None, url: str) -> bool:
-    """True when ``dest`` is a verified copy; re-hashes only a file without a valid sidecar."""
+    """True when ``dest`` is a verified copy; re-hashes only a file without a valid sidecar.
+
+    Raises :class:`DownloadError` when ``dest`` was downloaded from another URL and no digest
+    says whether the two are the same file: returning it would hand over the wrong model.
+    """
     if is_verified(dest, sha256):
         record = read_sidecar(dest) or {}
+        source = record.get("url")
+        if sha256 is None and isinstance(source, str) and source != redact(url):
+            raise DownloadError(
+                f"{dest} was downloaded from {source}, not from {redact(url)}: two URLs for one "
+                f"file name. Delete {dest} (`lmserv rm {dest.name}`) to replace it, download to "
+                f"another folder {ELSEWHERE}, or give the expected SHA-256 (#sha256=<hex>) "
+                "so that a copy with the same content is recognised"
+            )
         return size is None or "extracted_to" in record or record.get("size") == size
     if not dest.is_file():
         return False
@@ -141,213 +178,25 @@ def _already_there(dest: Path, sha256: str | None, size: int | None, url: str) -
     return True
 
 
-def _check_disk(folder: Path, needed: int) -> None:
-    if needed <= 0:
-        return
-    free = shutil.disk_usage(folder).free
-    if needed > free:
-        raise InsufficientDiskSpace(
-            f"not enough disk space in {folder}: the download needs {human_bytes(needed)} more, "
-            f"only {human_bytes(free)} is free; free some space or download to another folder "
-            "(lmserv pull --dir DIR, or set LMSERV_PATHS_MODELS)"
-        )
+def _probe(fetcher: Fetcher) -> tuple[int | None, Validators]:
+    """The file's size when the server honours Range (else None), and its validators.
 
-
-class _Bar:
-    """A tqdm bar on a TTY (or when asked), nothing otherwise."""
-
-    def __init__(self, show: bool | None, total: int | None, desc: str) -> None:
-        if show is None:
-            show = bool(getattr(sys.stderr, "isatty", lambda: False)())
-        self._bar: Any = None
-        if show:
-            from tqdm import tqdm
-
-            self._bar = tqdm(
-                total=total,
-                desc=desc,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                file=sys.stderr,
-                mininterval=0.2,
-                dynamic_ncols=True,
-            )
-
-    def total(self, total: int) -> None:
-        if self._bar is not None and self._bar.total != total:
-            self._bar.total = total
-            self._bar.refresh()
-
-    def update(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.update(n)
-
-    def reset(self) -> None:
-        if self._bar is not None:
-            self._bar.reset()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-class _HashPipe:
-    """SHA-256 on a helper thread, fed in order: hashing overlaps the network and the disk.
-
-    hashlib releases the GIL on large buffers, so this is real parallelism. The queue is
-    bounded (64 pieces of at most 64 KiB), so memory stays flat.
+    One 1-byte request, sent without ``If-Range``: the answer names the version on offer now.
     """
-
-    def __init__(self) -> None:
-        self._open = False
-        self.reset()
-
-    def reset(self) -> None:
-        """Start over from zero bytes (the server ignored Range)."""
-        self.close()
-        self._hasher = hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
-        self._thread = threading.Thread(target=self._run, name="lmserv-sha256", daemon=True)
-        self._thread.start()
-        self._open = True
-
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            self._hasher.update(item)
-
-    def update(self, data: bytes) -> None:
-        self._queue.put(data)
-
-    def close(self) -> None:
-        if self._open:
-            self._open = False
-            self._queue.put(None)
-            self._thread.join()
-
-    def hexdigest(self) -> str:
-        self.close()
-        return self._hasher.hexdigest()
-
-
-def _single(
-    fetcher: Fetcher,
-    part: Path,
-    *,
-    size: int | None,
-    policy: RetryPolicy,
-    bar: _Bar,
-    describe: Callable[[str], str],
-) -> tuple[str, int]:
-    """One connection, appending to ``part``; returns (sha256, bytes). Hashes as it writes."""
-    hasher = _HashPipe()
+    if_range, fetcher.if_range = fetcher.if_range, None
     try:
-        return _single_stream(
-            fetcher, part, hasher, size=size, policy=policy, bar=bar, describe=describe
-        )
+        with fetcher.get(0, 0) as response:
+            if response.status_code != 206:
+                return None, Validators.of(response)
+            _s, _e, total = content_range(response.headers.get("content-range"))
+            return total, Validators.of(response)
     finally:
-        hasher.close()
-
-
-def _single_stream(
-    fetcher: Fetcher,
-    part: Path,
-    hasher: _HashPipe,
-    *,
-    size: int | None,
-    policy: RetryPolicy,
-    bar: _Bar,
-    describe: Callable[[str], str],
-) -> tuple[str, int]:
-    pos = 0
-    if part.exists():
-        pos = part.stat().st_size
-        if size is not None and pos > size:
-            part.unlink()
-            pos = 0
-        elif pos:
-            log.info("resuming %s at byte %d", part, pos)
-            pos = 0
-            with open(part, "rb") as f:
-                while block := f.read(_HASH_BLOCK):
-                    hasher.update(block)
-                    pos += len(block)
-                    bar.update(len(block))
-    total: int | None = size
-    disk_checked = size is not None
-    attempt = 0
-    with open(part, "ab" if pos else "wb", buffering=0) as out:
-        while True:
-            before = pos
-            try:
-                with fetcher.get(pos if pos else None) as response:
-                    if response.status_code == 416:
-                        _s, _e, reported = content_range(response.headers.get("content-range"))
-                        known = reported if reported is not None else total
-                        if known is not None and pos == known:
-                            return hasher.hexdigest(), pos  # the .part was already complete
-                        log.info("server refused resuming at %d; starting over", pos)
-                    elif response.status_code == 206:
-                        start, _e, reported = content_range(response.headers.get("content-range"))
-                        if start == pos:
-                            total = reported if reported is not None else total
-                        else:
-                            raise Retryable(f"server sent bytes from {start}, asked for {pos}")
-                    elif pos:
-                        log.info("server ignored Range for %s; starting over", fetcher.url)
-                    if response.status_code != 206 and pos:
-                        out.seek(0)
-                        out.truncate(0)
-                        hasher.reset()
-                        bar.reset()
-                        pos = 0
-                        if response.status_code == 416:
-                            continue
-                    if response.status_code == 200:
-                        length = response.headers.get("content-length")
-                        total = int(length) if length and length.isdigit() else total
-                    if total is not None:
-                        if size is not None and total != size:
-                            raise DownloadError(
-                                describe(f"the server reports {total} bytes, expected {size}")
-                            )
-                        bar.total(total)
-                        if not disk_checked:
-                            _check_disk(part.parent, total - pos)
-                            disk_checked = True
-                    # No chunk_size: re-chunking would hold back received bytes on a drop.
-                    for data in response.iter_raw():
-                        view = memoryview(data)
-                        while view:
-                            written = out.write(view)
-                            view = view[written:]
-                        hasher.update(data)
-                        pos += len(data)
-                        bar.update(len(data))
-                if total is None or pos == total:
-                    return hasher.hexdigest(), pos
-                if pos > total:
-                    raise DownloadError(describe(f"the server sent {pos} bytes of {total}"))
-                raise Retryable(f"connection closed at byte {pos} of {total}")
-            except (httpx.TransportError, Retryable) as exc:
-                attempt = 1 if pos > before else attempt + 1
-                delay = policy.pause_after(exc, attempt, describe)
-                log.info("%s: %s; retrying in %.1fs", fetcher.url, exc, delay)
-                time.sleep(delay)
-
-
-def _probe(fetcher: Fetcher) -> int | None:
-    """The file's size when the server honours Range, else None (one 1-byte request)."""
-    with fetcher.get(0, 0) as response:
-        if response.status_code != 206:
-            return None
-        _s, _e, total = content_range(response.headers.get("content-range"))
-        return total
+        fetcher.if_range = if_range
 
 
 def _with_retries(
-    action: Callable[[], int | None], policy: RetryPolicy, describe: Callable[[str], str]
-) -> int | None:
+    action: Callable[[], _T], policy: RetryPolicy, describe: Callable[[str], str]
+) -> _T:
     attempt = 0
     while True:
         try:
@@ -365,37 +214,69 @@ def _fetch(
     size: int | None,
     connections: int | None,
     policy: RetryPolicy,
-    bar: _Bar,
+    bar: Bar,
     describe: Callable[[str], str],
 ) -> tuple[str, int]:
     """Fill ``<dest>.part``; returns (sha256, bytes). Picks parallel or single connection."""
     part, state = _part_path(dest), _state_path(dest)
+    record = _read_state(dest)
+    known = Validators.from_record(record) if record is not None else None
 
     def single() -> tuple[str, int]:
-        return _single(fetcher, part, size=size, policy=policy, bar=bar, describe=describe)
+        try:
+            return fetch_single(
+                fetcher,
+                part,
+                state,
+                size=size,
+                sha256=sha256,
+                known=known,
+                policy=policy,
+                bar=bar,
+                describe=describe,
+            )
+        except Overrun as exc:
+            part.unlink(missing_ok=True)
+            state.unlink(missing_ok=True)
+            raise DownloadError(
+                f"downloading {redact(fetcher.url)} failed: the server sent more than the {exc} "
+                "bytes the file has, so it was cut off and the partial file was deleted; check "
+                "the URL, and if it repeats the server is broken"
+            ) from None
+
+    def start_over(why: str) -> None:
+        nonlocal known
+        log.info("discarding partial download %s: %s", part, why)
+        state.unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
+        known = None
 
     total = size
     chunks: list[_parallel.Chunk] | None = None
-    if state.exists():
+    if state.exists() and (record is None or record.get("chunks") is not None):
         # A parallel run was interrupted: its .part is preallocated, so only the recorded
         # chunk progress says which bytes are real. Resume it chunk by chunk, or start over.
+        current = None
         if total is None:
-            total = _with_retries(lambda: _probe(fetcher), policy, describe)
+            total, current = _with_retries(lambda: _probe(fetcher), policy, describe)
         if total is not None:
             chunks = _parallel.load_state(state, fetcher.url, total, sha256)
         if chunks is None or not part.exists() or part.stat().st_size != total:
-            log.info("discarding stale partial download %s", part)
-            state.unlink(missing_ok=True)
-            part.unlink(missing_ok=True)
+            start_over("its record does not match")
+            chunks = None
+        elif known is not None and current is not None and known.differs(current):
+            start_over("the file changed upstream")
             chunks = None
         else:
             log.info("resuming %s: %d chunks", part, sum(not c.complete for c in chunks))
     if chunks is None:
         if connections == 1:
             return single()
-        total = _with_retries(lambda: _probe(fetcher), policy, describe)
+        total, current = _with_retries(lambda: _probe(fetcher), policy, describe)
         if total is not None and size is not None and total != size:
             raise DownloadError(describe(f"the server reports {total} bytes, expected {size}"))
+        if known is not None and known.differs(current):
+            start_over("the file changed upstream")
         wanted = connections or (DEFAULT_CONNECTIONS if (total or 0) >= PARALLEL_MIN_SIZE else 1)
         if total is None or wanted == 1 or total < 2 * _parallel.MIN_CHUNK:
             return single()
@@ -405,13 +286,15 @@ def _fetch(
         if present > total:
             part.unlink()
             present = 0
-        _check_disk(dest.parent, total - present)
+        check_disk(dest.parent, total - present)
         chunks = _parallel.plan_chunks(total, wanted)
         for chunk in chunks:
             chunk.done = max(0, min(present - chunk.start, chunk.end - chunk.start))
+        known = current
     assert total is not None
-    _check_disk(dest.parent, total - sum(c.done for c in chunks))
+    check_disk(dest.parent, total - sum(c.done for c in chunks))
     bar.total(total)
+    fetcher.if_range = known.if_range() if known is not None else None
     try:
         digest = _parallel.run_parallel(
             fetcher,
@@ -424,11 +307,11 @@ def _fetch(
             policy=policy,
             on_progress=bar.update,
             describe=describe,
+            validators=known,
         )
-    except _parallel.RangeIgnored:
-        log.info("%s stopped honouring Range; downloading with one connection", fetcher.url)
-        part.unlink(missing_ok=True)
-        state.unlink(missing_ok=True)
+    except _parallel.RangeIgnored as exc:
+        log.info("%s; downloading again with one connection", exc)
+        start_over(str(exc))
         bar.reset()
         return single()
     return digest, total
@@ -462,16 +345,65 @@ def download_file(
     ``.tar.zst``; ``extract=None`` decides by name) are extracted after verification into a
     folder named like the archive without its suffix, and removed; that folder is returned.
 
-    Returns the final path. Raises :class:`ChecksumMismatch` (the bad bytes are deleted),
-    :class:`InsufficientDiskSpace`, :class:`UnsafeArchive`, or :class:`DownloadError` after the
-    last retry (the ``.part`` is kept; calling again resumes).
+    Returns the final path. Raises :class:`ConfigError` for a malformed URL or an archive name
+    with nothing before its suffix, :class:`ChecksumMismatch` (the bad bytes are deleted),
+    :class:`InsufficientDiskSpace` (before the download, or when the disk fills during it),
+    :class:`UnsafeArchive`, or :class:`DownloadError` after the last retry (the ``.part`` is kept;
+    calling again resumes), for a file name already downloaded from another URL, for a symbolic
+    link planted at the name of one of its files, and for a folder it cannot write.
     """
+    check_url(url)
     dest = Path(dest)
     sha = sha256.lower() if sha256 else None
     if connections is not None and connections < 1:
         raise ValueError(f"connections must be at least 1, got {connections}")
     is_archive = archive_kind(dest.name) is not None if extract is None else extract
     final = extraction_target(dest) if is_archive else dest
+    hint = resume_hint or "call download_file again with the same arguments"
+    part = _part_path(dest)
+    try:
+        return _download(
+            url,
+            dest,
+            final,
+            sha=sha,
+            size=size,
+            connections=connections,
+            progress=progress,
+            headers=headers,
+            stall_timeout=stall_timeout,
+            policy=RetryPolicy(retries=retries, backoff=backoff),
+            is_archive=is_archive,
+            hint=hint,
+        )
+    except LmservError:
+        raise
+    except OSError as exc:  # the folder, not the network: say which file and what to do
+        raise filesystem_error(exc, dest.parent, _kept(part, hint)) from exc
+
+
+def _kept(part: Path, hint: str) -> str:
+    """What became of the partial file, truthfully, and how to go on."""
+    if part.is_file() and not part.is_symlink() and part.stat().st_size:
+        return f"the partial file {part} is kept, {hint} to resume"
+    return f"no partial file was kept, {hint} to try again"
+
+
+def _download(
+    url: str,
+    dest: Path,
+    final: Path,
+    *,
+    sha: str | None,
+    size: int | None,
+    connections: int | None,
+    progress: bool | None,
+    headers: Mapping[str, str] | None,
+    stall_timeout: float,
+    policy: RetryPolicy,
+    is_archive: bool,
+    hint: str,
+) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
 
     def ready() -> bool:
@@ -481,16 +413,17 @@ def download_file(
         log.debug("%s is already verified", dest)
         return final
     part = _part_path(dest)
+    for own in (part, _state_path(dest), _lock_path(dest)):
+        if own.is_symlink():
+            raise planted_link(own)
     if size is not None:
-        have = part.stat().st_size if part.exists() and not _state_path(dest).exists() else 0
-        _check_disk(dest.parent, size - have)
-
-    hint = resume_hint or "call download_file again with the same arguments"
+        record = _read_state(dest)
+        parallel = record is not None and record.get("chunks") is not None
+        have = part.stat().st_size if part.exists() and not parallel else 0
+        check_disk(dest.parent, size - have)
 
     def describe(reason: str) -> str:
-        return (
-            f"downloading {url} failed: {reason}; the partial file {part} is kept, {hint} to resume"
-        )
+        return f"downloading {redact(url)} failed: {reason}; {_kept(part, hint)}"
 
     lock = FileLock(str(_lock_path(dest)))
     try:
@@ -503,8 +436,7 @@ def download_file(
             return final
         if is_archive and dest.is_file() and _already_there(dest, sha, size, url):
             return _extract(dest, final, url)  # verified earlier, extraction interrupted
-        bar = _Bar(progress, size, dest.name)
-        policy = RetryPolicy(retries=retries, backoff=backoff)
+        bar = Bar(progress, size, dest.name)
         try:
             with Fetcher(
                 url,
@@ -527,7 +459,7 @@ def download_file(
         if sha is not None and digest != sha:
             _discard(dest)
             raise ChecksumMismatch(
-                f"{url} downloaded to {dest} has SHA-256 {digest}, expected {sha}; the bytes "
+                f"{redact(url)} downloaded to {dest} has SHA-256 {digest}, expected {sha}; the bytes "
                 "were deleted. Download again; if it repeats, the file upstream changed or the "
                 "expected digest is wrong",
                 expected=sha,
@@ -538,7 +470,7 @@ def download_file(
             # Two writers on a filesystem whose lock is a no-op leave a longer .part.
             _discard(dest)
             raise DownloadError(
-                f"{url} gave {nbytes} bytes but {part} held {held} (expected "
+                f"{redact(url)} gave {nbytes} bytes but {part} held {held} (expected "
                 f"{size if size is not None else nbytes}); the partial file was deleted, "
                 "download again"
             )
@@ -556,9 +488,11 @@ def _extract(archive: Path, folder: Path, url: str) -> Path:
     record = read_sidecar(archive) or {}
     try:
         extract_archive(archive, folder)
-    except Exception:
+    except Exception as exc:
         _discard(archive)
         archive.unlink(missing_ok=True)
+        if type(exc) is DownloadError:  # a corrupt archive: say that it is gone
+            raise DownloadError(f"{exc}; the archive was deleted, download it again") from exc
         raise
     _write_sidecar(
         archive,

@@ -83,6 +83,8 @@ def _fetch_spec(
     **options: Any,
 ) -> Path:
     resolved = parse_spec(spec, catalog)
+    if connections is None:  # the setting download.connections (LMSERV_DOWNLOAD_CONNECTIONS)
+        connections = config.get_settings().download.connections
     return download_file(
         resolved.url,
         folder / resolved.filename,
@@ -107,7 +109,8 @@ def download_models(
     """Download each of ``names`` (catalog names, aliases, URLs or ``hf://`` specs).
 
     Returns the verified local paths, in order; files already verified are returned without
-    network access. ``catalog`` adds or overrides entries (name -> dict with the shipped keys:
+    network access. ``connections`` defaults to the setting ``download.connections``
+    (``LMSERV_DOWNLOAD_CONNECTIONS``). ``catalog`` adds or overrides entries (name -> dict with the shipped keys:
     url, sha256, size, license, description, ...). Further keyword ``options`` go to
     :func:`~lmserv.install.download_file` (e.g. ``stall_timeout``, ``retries``).
     Raises :class:`ModelNotFound` (listing close names) before downloading anything if a name

@@ -10,6 +10,10 @@ order, bytes that workers have already written, reading them back just behind th
 are still in the page cache). This is the only read; there is no second pass after the
 download. On resume the frontier starts at zero, which hashes the bytes already in the ``.part``
 first.
+
+The state also keeps the file's :class:`~lmserv.install._http.Validators`; every Range request
+carries them as ``If-Range``, and a chunk answered for another version of the file (a 200, or a
+206 with another ETag) abandons the chunks for a fresh start, so old and new bytes never mix.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from typing import Any
 import httpx
 
 from lmserv.errors import DownloadError
-from lmserv.install._http import Fetcher, Retryable, content_range
+from lmserv.install._files import open_nofollow, write_json
+from lmserv.install._http import Fetcher, Retryable, Validators, content_range, redact
 
 __all__ = ["Chunk", "RangeIgnored", "load_state", "plan_chunks", "run_parallel"]
 
@@ -42,10 +47,11 @@ _READ_BLOCK = 1 << 20
 _SAVE_EVERY = 1.0
 MIN_CHUNK = 1 << 20
 _MAX_CHUNK = 64 << 20
+_LONG_WAIT = 5.0  # a pause this long is announced at WARNING, so nobody waits in silence
 
 
 class RangeIgnored(Exception):
-    """The server answered a chunk's Range request with the whole file (HTTP 200)."""
+    """A chunk's Range request got the whole file (HTTP 200) or another version of the file."""
 
 
 @dataclass
@@ -95,17 +101,24 @@ def load_state(path: Path, url: str, total: int, sha256: str | None) -> list[Chu
     return chunks
 
 
-def save_state(path: Path, url: str, total: int, sha256: str | None, chunks: list[Chunk]) -> None:
+def save_state(
+    path: Path,
+    url: str,
+    total: int | None,
+    sha256: str | None,
+    chunks: list[Chunk] | None,
+    validators: Validators | None = None,
+) -> None:
+    """Record a partial download; ``chunks=None`` for one connection (the ``.part`` is a prefix)."""
     data = {
         "version": _STATE_VERSION,
-        "url": url,
+        "url": redact(url),
         "total": total,
         "sha256": sha256,
-        "chunks": [[c.start, c.end, c.done] for c in chunks],
+        "chunks": None if chunks is None else [[c.start, c.end, c.done] for c in chunks],
+        **(validators or Validators()).to_record(),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data), "utf-8")
-    os.replace(tmp, path)
+    write_json(path, data)
 
 
 @dataclass
@@ -131,19 +144,48 @@ class RetryPolicy:
     retries: int
     backoff: float
     cap: float = 10.0
+    retry_after_cap: float = 120.0  # a server asking for an hour gets two minutes
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
-            return retry_after
+            return min(retry_after, self.retry_after_cap)
         base: float = min(self.cap, self.backoff * 2 ** (attempt - 1))
         return base * (0.5 + random.random() / 2)
 
     def pause_after(self, exc: Exception, attempt: int, describe: Callable[[str], str]) -> float:
         """Seconds to wait before try ``attempt`` after ``exc`` (the server's ``Retry-After``
-        when it sent one); :class:`DownloadError` once the retries are spent."""
+        when it sent one); :class:`DownloadError` once the retries are spent.
+
+        A long pause is logged at WARNING with its reason (the server's request, capped or not,
+        or a connection that went silent), so a user is never left looking at a still screen.
+        """
         if attempt > self.retries:
             raise DownloadError(describe(f"{exc} (after {self.retries} retries)")) from exc
-        return self.delay(attempt, exc.retry_after if isinstance(exc, Retryable) else None)
+        asked = exc.retry_after if isinstance(exc, Retryable) else None
+        delay = self.delay(attempt, asked)
+        if isinstance(exc, httpx.TimeoutException):
+            log.warning(
+                "the server went silent (%s); reconnecting (try %d of %d)",
+                exc or "timed out",
+                attempt,
+                self.retries,
+            )
+        if asked is not None and asked > delay:
+            log.warning(
+                "%s; the server asked to wait %.0fs (Retry-After), waiting the maximum %.0fs "
+                "(try %d of %d)",
+                exc,
+                asked,
+                delay,
+                attempt,
+                self.retries,
+            )
+        elif delay >= _LONG_WAIT:
+            why = "as the server asked (Retry-After)" if asked is not None else "backing off"
+            log.warning(
+                "%s; waiting %.0fs %s (try %d of %d)", exc, delay, why, attempt, self.retries
+            )
+        return delay
 
 
 def fetch_range(
@@ -153,6 +195,7 @@ def fetch_range(
     policy: RetryPolicy,
     stop: threading.Event,
     describe: Callable[[str], str],
+    expected: Validators | None = None,
 ) -> None:
     """Fill ``chunk`` from the network into file object ``out``, retrying with backoff.
 
@@ -166,7 +209,9 @@ def fetch_range(
             pos = chunk.start + chunk.done
             with fetcher.get(pos, chunk.end - 1) as response:
                 if response.status_code == 200:
-                    raise RangeIgnored(f"{fetcher.url} answered a Range request with 200")
+                    raise RangeIgnored(f"{redact(fetcher.url)} answered a Range request with 200")
+                if expected is not None and expected.differs(Validators.of(response)):
+                    raise RangeIgnored(f"{redact(fetcher.url)} changed during the download")
                 start, _end, _total = content_range(response.headers.get("content-range"))
                 if response.status_code != 206 or start != pos:
                     raise Retryable(
@@ -201,14 +246,15 @@ def _worker(
     shared: _Shared,
     policy: RetryPolicy,
     describe: Callable[[str], str],
+    expected: Validators | None,
 ) -> None:
     try:
-        with open(part, "r+b", buffering=0) as out:
+        with open_nofollow(part, "r+b", buffering=0) as out:
             while not shared.stop.is_set():
                 chunk = shared.take()
                 if chunk is None:
                     return
-                fetch_range(fetcher, chunk, out, policy, shared.stop, describe)
+                fetch_range(fetcher, chunk, out, policy, shared.stop, describe, expected)
     except BaseException as exc:  # handed to the main thread, which re-raises it
         shared.errors.append(exc)
         shared.stop.set()
@@ -226,23 +272,24 @@ def run_parallel(
     policy: RetryPolicy,
     on_progress: Callable[[int], None],
     describe: Callable[[str], str],
+    validators: Validators | None = None,
 ) -> str:
     """Download every incomplete chunk; return the SHA-256 of the whole ``part``.
 
     Raises :class:`RangeIgnored` if the server stops honouring Range (the caller restarts with
     one connection), :class:`DownloadError` after a chunk's last retry. The state file is
-    written on every exit, Ctrl-C included.
+    written on every exit, Ctrl-C included. ``validators`` name the version being fetched.
     """
     # The state goes first: a preallocated .part without it would look complete to a resume.
-    save_state(state_path, fetcher.url, total, sha256, chunks)
-    mode = "r+b" if part.exists() else "w+b"
-    with open(part, mode) as f:
+    save_state(state_path, fetcher.url, total, sha256, chunks, validators)
+    mode = "r+b" if part.exists() or part.is_symlink() else "w+b"
+    with open_nofollow(part, mode) as f:
         f.truncate(total)  # sparse where the filesystem allows
     shared = _Shared(chunks, threading.Lock(), threading.Event(), [])
     threads = [
         threading.Thread(
             target=_worker,
-            args=(fetcher, part, shared, policy, describe),
+            args=(fetcher, part, shared, policy, describe, validators),
             name=f"lmserv-download-{i}",
             daemon=True,
         )
@@ -282,7 +329,7 @@ def run_parallel(
                         continue
                     raise DownloadError(describe("download workers stopped early"))
                 if time.monotonic() - last_save > _SAVE_EVERY:
-                    _checkpoint(part, state_path, fetcher.url, total, sha256, chunks)
+                    _checkpoint(part, state_path, fetcher.url, total, sha256, chunks, validators)
                     last_save = time.monotonic()
                 time.sleep(0.01)
         return hasher.hexdigest()
@@ -293,18 +340,21 @@ def run_parallel(
         deadline = time.monotonic() + 2.0
         for thread in threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        with contextlib.suppress(OSError):
-            _checkpoint(part, state_path, fetcher.url, total, sha256, chunks)
+        with contextlib.suppress(OSError, DownloadError):
+            _checkpoint(part, state_path, fetcher.url, total, sha256, chunks, validators)
 
 
 def _checkpoint(
-    part: Path, state_path: Path, url: str, total: int, sha256: str | None, chunks: list[Chunk]
+    part: Path,
+    state_path: Path,
+    url: str,
+    total: int,
+    sha256: str | None,
+    chunks: list[Chunk],
+    validators: Validators | None,
 ) -> None:
     # Record progress only for bytes that are on disk: fsync first, then write the state.
     snapshot = [Chunk(c.start, c.end, c.done) for c in chunks]
-    fd = os.open(part, os.O_RDWR)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    save_state(state_path, url, total, sha256, snapshot)
+    with open_nofollow(part, "r+b") as f:
+        os.fsync(f.fileno())
+    save_state(state_path, url, total, sha256, snapshot, validators)
