@@ -22,6 +22,7 @@ from lmserv.client._client import AsyncClient, AsyncTextStream, Client, TextStre
 from lmserv.config import Settings, get_settings, load_settings
 from lmserv.errors import (
     APIError,
+    APITimeoutError,
     AuthenticationError,
     BadRequestError,
     BinaryNotFound,
@@ -30,7 +31,6 @@ from lmserv.errors import (
     ConfigError,
     ContextOverflow,
     DownloadError,
-    GPUError,
     InstallError,
     InsufficientDiskSpace,
     InvalidModelFile,
@@ -78,6 +78,7 @@ from lmserv.server import LlamaServer, ServerInfo
 __all__ = [
     "GPU",
     "APIError",
+    "APITimeoutError",
     "AsyncClient",
     "AsyncTextStream",
     "AuthenticationError",
@@ -92,7 +93,6 @@ __all__ = [
     "ConfigError",
     "ContextOverflow",
     "DownloadError",
-    "GPUError",
     "InstallError",
     "InsufficientDiskSpace",
     "InvalidModelFile",

@@ -34,6 +34,7 @@ from typing import IO
 
 import httpx
 
+from lmserv._fs import require_model_file
 from lmserv._process import new_log_path, read_tail, spawn, terminate
 from lmserv.client._client import DEFAULT_TIMEOUT, Client
 from lmserv.errors import BinaryNotFound, ServerError, ServerStartError, ServerTimeout, WorkerError
@@ -298,6 +299,7 @@ class LlamaServer:
 
         Fails fast with :class:`ServerStartError` if the process exits while loading, and with
         :class:`ServerTimeout` after ``start_timeout`` seconds; either way nothing is left running.
+        A missing model file is :class:`~lmserv.errors.ModelNotFound`, before anything starts.
         """
         with self._lock:
             if self.running:
@@ -308,6 +310,7 @@ class LlamaServer:
                     "this host can use it; pass api_key=... (or `--api-key`)",
                     self.host,
                 )
+            require_model_file(self.model)  # the same error as Llama and plan_offload
             argv = self.args()
             check_endpoints(self.rpc)  # a dead worker: WorkerError naming it, not an abort/hang
             self._launch(argv)

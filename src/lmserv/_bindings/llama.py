@@ -29,6 +29,7 @@ from lmserv._bindings._chat import apply_chat_template, builtin_chat_templates
 from lmserv._bindings._generate import Decoder, Handles, Tally
 from lmserv._bindings._split import apply_split, check_tensor_mode
 from lmserv._bindings.params import GpuLayers, LlamaParams, SamplingParams, default_threads
+from lmserv._fs import require_model_file
 from lmserv._types import Completion, Timings
 from lmserv.errors import ConfigError, ContextOverflow, InvalidModelFile, LlamaError
 from lmserv.gpu._split import split_options
@@ -42,12 +43,7 @@ _GGUF_MAGIC = b"GGUF"
 
 def _check_model_file(path: Path) -> None:
     """Refuse anything that is not a readable GGUF file before handing it to C."""
-    if not path.exists():
-        raise InvalidModelFile(
-            f"model file {str(path)!r} does not exist; pass the path of a .gguf file"
-        )
-    if not path.is_file():
-        raise InvalidModelFile(f"model path {str(path)!r} is not a file; pass a .gguf file")
+    require_model_file(path)  # ModelNotFound / InvalidModelFile, as from every entry point
     try:
         with path.open("rb") as fh:
             magic = fh.read(4)
@@ -96,7 +92,8 @@ class Llama:
             or ``"none"``; shares per device; the GPU used unsplit; device names such as
             ``"CUDA0"``). Tensor mode turns flash attention on and refuses a quantized KV cache.
 
-    Raises :class:`~lmserv.errors.InvalidModelFile` (missing, unreadable or not a model llama.cpp
+    Raises :class:`~lmserv.errors.ModelNotFound` (missing file),
+    :class:`~lmserv.errors.InvalidModelFile` (unreadable or not a model llama.cpp
     can load), :class:`~lmserv.errors.ConfigError` (a bad argument),
     :class:`~lmserv.errors.LlamaError` (the context could not be created), and
     :class:`~lmserv.errors.BinaryNotFound` / :class:`~lmserv.errors.LibraryMismatch` when

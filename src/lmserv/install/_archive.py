@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO
 
-from lmserv.errors import DownloadError, UnsafeArchive
+from lmserv.errors import ConfigError, DownloadError, UnsafeArchive
 
 __all__ = ["archive_kind", "extract_archive", "extraction_target"]
 
@@ -36,7 +36,9 @@ def extraction_target(archive: Path) -> Path:
     for suffix in _SUFFIXES:
         if lower.endswith(suffix):
             return archive.with_name(archive.name[: -len(suffix)])
-    raise ValueError(f"{archive} is not a .tar.gz or .tar.zst archive")
+    raise ConfigError(
+        f"{archive} is not a .tar.gz or .tar.zst archive; name it so, or pass extract=False"
+    )
 
 
 def _inside(root: str, path: str) -> bool:
@@ -105,7 +107,9 @@ def extract_archive(archive: Path, target: Path | None = None) -> Path:
     if kind is None and target is not None and tarfile.is_tarfile(archive):
         kind = "tar"
     if kind is None:
-        raise ValueError(f"{archive} is not a .tar.gz or .tar.zst archive")
+        raise ConfigError(
+            f"{archive} is not a .tar.gz or .tar.zst archive; name it so, or pass extract=False"
+        )
     target = target or extraction_target(archive)
     tmp = target.with_name(f".{target.name}.extracting-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

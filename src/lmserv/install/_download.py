@@ -32,8 +32,9 @@ import httpx
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
+from lmserv._fs import atomic_write
 from lmserv._units import human_bytes
-from lmserv.errors import ChecksumMismatch, DownloadError, InsufficientDiskSpace
+from lmserv.errors import ChecksumMismatch, ConfigError, DownloadError, InsufficientDiskSpace
 from lmserv.install import _parallel
 from lmserv.install._archive import archive_kind, extract_archive, extraction_target
 from lmserv.install._http import Fetcher, Retryable, content_range
@@ -87,10 +88,7 @@ def _write_sidecar(dest: Path, digest: str, size: int, url: str, **extra: Any) -
         st = dest.stat()
         record["mtime_ns"] = st.st_mtime_ns
     record.update(url=url, verified_at=time.time(), **extra)
-    path = sidecar_path(dest)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1), "utf-8")
-    os.replace(tmp, path)
+    atomic_write(sidecar_path(dest), json.dumps(record, indent=1))
 
 
 def is_verified(dest: Path, sha256: str | None = None) -> bool:
@@ -469,7 +467,7 @@ def download_file(
     dest = Path(dest)
     sha = sha256.lower() if sha256 else None
     if connections is not None and connections < 1:
-        raise ValueError(f"connections must be at least 1, got {connections}")
+        raise ConfigError(f"connections must be at least 1, got {connections}; 1 turns it off")
     is_archive = archive_kind(dest.name) is not None if extract is None else extract
     final = extraction_target(dest) if is_archive else dest
     dest.parent.mkdir(parents=True, exist_ok=True)

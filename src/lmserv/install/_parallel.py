@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from lmserv._fs import atomic_write
 from lmserv.errors import DownloadError
 from lmserv.install._http import Fetcher, Retryable, content_range
 
@@ -103,9 +104,7 @@ def save_state(path: Path, url: str, total: int, sha256: str | None, chunks: lis
         "sha256": sha256,
         "chunks": [[c.start, c.end, c.done] for c in chunks],
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data), "utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data))
 
 
 @dataclass
