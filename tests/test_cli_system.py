@@ -1,7 +1,7 @@
 """The ``lmserv`` command as a user runs it: help, exit codes, JSON, config precedence, doctor.
 
-Every test runs ``python -m lmserv`` in a subprocess with a temporary HOME and LMSERV_CONFIG, so
-the real user's settings are never read or touched.
+Every test runs ``python -m lmserv`` in a subprocess through ``_helpers.run_lmserv`` (a temporary
+HOME and LMSERV_CONFIG), so the real user's settings are never read or touched.
 """
 
 from __future__ import annotations
@@ -15,24 +15,13 @@ from typing import Any
 
 import pytest
 
-from _system_helpers import PYTHON, cli_env, fake_tool, write_llama_gguf
+from _helpers import cli_env, run_lmserv
+from _system_helpers import PYTHON, fake_tool, write_llama_gguf
 from lmserv.cli import build_parser
 from lmserv.errors import ToolchainMissing
 from lmserv.install import LlamaBuild, _toolchain
 
-
-def lmserv(
-    *args: str, home: Path, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "-m", "lmserv", *args],
-        env={**cli_env(home), **(env or {})},
-        cwd=cwd or home,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+lmserv = run_lmserv
 
 
 def as_json(proc: subprocess.CompletedProcess[str]) -> Any:
@@ -197,7 +186,7 @@ def test_plan_on_cpu_and_by_name(tmp_path: Path) -> None:
 def test_plan_failures_exit_1(tmp_path: Path) -> None:
     proc = lmserv("plan", "nowhere.gguf", home=tmp_path)
     assert proc.returncode == 1
-    assert "lmserv: error: model 'nowhere.gguf' is neither a file" in proc.stderr
+    assert "lmserv: error: model file 'nowhere.gguf' does not exist" in proc.stderr
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"\0" * 64)
     proc = lmserv("plan", str(junk), home=tmp_path)
