@@ -6,9 +6,11 @@ HOME and LMSERV_CONFIG), so the real user's settings are never read or touched.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pty
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,9 @@ from typing import Any
 import pytest
 
 from _helpers import cli_env, run_lmserv
+from _http_server import FileServer
 from _system_helpers import PYTHON, fake_tool, write_llama_gguf
-from lmserv.cli import build_parser
+from lmserv.cli import build_parser, main
 from lmserv.errors import ToolchainMissing
 from lmserv.install import LlamaBuild, _toolchain
 
@@ -96,6 +99,54 @@ def test_usage_errors_exit_2(tmp_path: Path, args: tuple[str, ...], message: str
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _integer_flags() -> dict[str, list[str]]:
+    """Every flag of every (sub)command that takes a whole number, found in the parser."""
+    found: dict[str, list[str]] = {}
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, f"{path} {name}".strip())
+            elif action.option_strings and action.type not in (None, float):
+                try:
+                    takes_int = action.type("7") == 7  # type: ignore[operator]
+                except (argparse.ArgumentTypeError, ValueError, TypeError):
+                    takes_int = False
+                if takes_int:
+                    found.setdefault(path, []).append(action.option_strings[0])
+
+    walk(build_parser(), "")
+    return found
+
+
+# What each command needs besides the flag, so that parsing reaches it.
+_POSITIONALS = {"plan": ["m.gguf"], "pull": ["x"], "rm": ["x"]}
+
+
+def test_every_integer_flag_rejects_negatives_with_exit_2(
+    cli_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = _integer_flags()
+    for command, names in (
+        ("serve", {"--ctx-size", "--parallel", "--port", "--n-gpu-layers", "--main-gpu"}),
+        ("run", {"--ctx-size", "--parallel", "--max-tokens", "--seed"}),
+        ("plan", {"--ctx-size", "--parallel", "--reserve"}),
+        ("pull", {"--connections", "--retries"}),
+        ("worker", {"--port", "--threads"}),
+        ("build", {"--jobs"}),
+    ):
+        assert names <= set(flags[command]), command
+    for command, names in flags.items():
+        for flag in names:
+            for bad in ("-5", "1.5", "ten"):
+                with pytest.raises(SystemExit) as info:
+                    main([*command.split(), *_POSITIONALS.get(command, []), flag, bad])
+                err = capsys.readouterr().err
+                assert info.value.code == 2, (command, flag, bad)
+                assert f"argument {flag}" in err and repr(bad)[1:-1] in err, err
 
 
 # --------------------------------------------------------------------------- gpu
@@ -276,8 +327,9 @@ def test_doctor_on_this_machine(tmp_path: Path, llama_build: LlamaBuild) -> None
     env = {"LLAMA_BIN_DIR": str(llama_build.bin_dir)}
     models = tmp_path / ".local" / "share" / "lmserv" / "models"
     models.mkdir(parents=True)
-    write_llama_gguf(models / "a.gguf")
-    (models / "a.gguf.verified").write_text("{}")
+    with FileServer() as srv:  # a.gguf pulled, so verified; b.gguf copied in: unverified
+        srv.add("/a.gguf", write_llama_gguf(tmp_path / "a.gguf").read_bytes())
+        assert lmserv("pull", srv.url("/a.gguf"), "-q", home=tmp_path).returncode == 0
     write_llama_gguf(models / "b.gguf")
     proc = lmserv("doctor", "--json", home=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -321,6 +373,30 @@ def test_doctor_with_broken_config_fails(tmp_path: Path) -> None:
     assert config["status"] == "fail" and "build.jobs" in config["fix"] and ":2" in config["fix"]
     text = lmserv("doctor", home=tmp_path)
     assert text.returncode == 1 and "not ready" in text.stdout
+
+
+def test_doctor_accepts_the_pypi_cmake_wheel_like_the_builder(tmp_path: Path) -> None:
+    compiler = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if compiler is None:
+        pytest.skip("no C++ compiler here: the toolchain check would fail for that reason")
+    # The `cmake` wheel is a package whose CMAKE_BIN_DIR holds the binary; PATH has no cmake.
+    wheel_bin = tmp_path / "site" / "cmake" / "data" / "bin"
+    wheel_bin.mkdir(parents=True)
+    (wheel_bin.parent.parent / "__init__.py").write_text(f"CMAKE_BIN_DIR = {str(wheel_bin)!r}\n")
+    fake_cmake = wheel_bin / "cmake"
+    fake_cmake.write_text("#!/bin/sh\necho 'cmake version 3.31.6'\n")
+    fake_cmake.chmod(0o755)
+    path_bin = tmp_path / "bin"
+    path_bin.mkdir()
+    (path_bin / "c++").symlink_to(compiler)
+    env = {
+        "PATH": str(path_bin),
+        "PYTHONPATH": f"{cli_env(tmp_path)['PYTHONPATH']}:{tmp_path / 'site'}",
+    }
+    checks = _checks(json.loads(lmserv("doctor", "--json", home=tmp_path, env=env).stdout))
+    assert checks["cmake"]["status"] == "ok", checks["cmake"]
+    assert checks["cmake"]["details"]["path"] == str(fake_cmake)
+    assert checks["toolchain"]["status"] == "ok", checks["toolchain"]  # the builder agrees
 
 
 def test_doctor_without_toolchain_or_binaries_fails(tmp_path: Path) -> None:
