@@ -193,3 +193,22 @@ def test_doctor_and_list_agree_about_verified(server: FileServer, tmp_path: Path
     assert by_list == by_doctor
     assert by_list["cli-model.gguf"] is True
     assert by_list["copied.gguf"] is False and by_list["planted.gguf"] is False
+
+
+def test_doctor_resolves_the_default_model_like_run(tmp_path: Path) -> None:
+    home = _catalog_home(tmp_path / "home", "http://127.0.0.1:9/tiny-llama-q8.gguf", SHA, 1)
+    with (home / "config.toml").open("a") as fh:
+        fh.write('\n[models]\ndefault = "tiny-alias"\n')
+    checks = {
+        c["name"]: c for c in json.loads(run_lmserv("doctor", "--json", home=home).stdout)["checks"]
+    }
+    assert checks["default-model"]["status"] == "warn"
+    assert "lmserv pull tiny-alias" in checks["default-model"]["fix"]  # same words as plan/run
+    models = home / ".local" / "share" / "lmserv" / "models"
+    models.mkdir(parents=True)
+    (models / "tiny-llama-q8.gguf").write_bytes(b"GGUF")
+    checks = {
+        c["name"]: c for c in json.loads(run_lmserv("doctor", "--json", home=home).stdout)["checks"]
+    }
+    assert checks["default-model"]["status"] == "ok"
+    assert checks["default-model"]["details"]["path"] == str(models / "tiny-llama-q8.gguf")

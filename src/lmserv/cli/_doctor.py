@@ -18,10 +18,11 @@ from typing import Any, Literal
 
 from lmserv import __version__, config
 from lmserv._units import human_bytes
-from lmserv.errors import BinaryNotFound, ConfigError, ToolchainMissing
+from lmserv.cli._common import COUNTING
+from lmserv.errors import BinaryNotFound, ConfigError, ModelError, ToolchainMissing
 from lmserv.gpu import GPU, detect_gpus
 from lmserv.install import _toolchain, finder
-from lmserv.install._models import list_models
+from lmserv.install._models import list_models, resolve_model
 from lmserv.install._source import PINNED_COMMIT
 
 __all__ = ["Check", "Report", "run_checks"]
@@ -330,6 +331,32 @@ def _check_models() -> Check:
     )
 
 
+def _check_default_model() -> Check | None:
+    """Whether the ``models.default`` setting names a model ``lmserv run`` finds without a pull;
+    resolved by the same function as every command. ``None`` when the setting is unset."""
+    default = config.load_settings().models.default
+    if not default:
+        return None
+    if default == COUNTING:
+        return Check("default-model", "ok", f"{COUNTING!r}: the built-in test model")
+    try:
+        path = resolve_model(default, pull=False)
+    except (ModelError, ConfigError) as exc:
+        return Check(
+            "default-model",
+            "warn",
+            f"models.default = {default!r} is not available here",
+            fix=str(exc),
+            details={"spec": default},
+        )
+    return Check(
+        "default-model",
+        "ok",
+        f"{default!r} -> {path}",
+        details={"spec": default, "path": str(path)},
+    )
+
+
 def run_checks() -> Report:
     """Run every check; ``ok`` is the essential chain (config, and toolchain or binaries)."""
     checks = [
@@ -354,6 +381,9 @@ def run_checks() -> Report:
         binaries, server_ok = _check_binaries(gpus)
         checks += binaries
         checks.append(_check_models())
+        default_model = _check_default_model()
+        if default_model is not None:
+            checks.append(default_model)
     can_build = all(
         c.status == "ok" for c in toolchain if c.name in ("cmake", "compiler", "toolchain")
     )
