@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 import sys
 from pathlib import Path
@@ -142,23 +141,3 @@ class FakeNVML:
 
     def nvmlDeviceGetCudaComputeCapability(self, handle: dict[str, Any]) -> tuple[int, int]:
         return tuple(handle["cc"])  # type: ignore[return-value]
-
-
-def cli_env(home: Path, **extra: str) -> dict[str, str]:
-    """An environment for running ``python -m lmserv`` as a user would, isolated in ``home``
-    (an empty config file is created there unless one exists)."""
-    (home / "config.toml").touch(exist_ok=True)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("LMSERV_", "XDG_", "LLAMA_")) and k != "CUDA_VISIBLE_DEVICES"
-    }
-    env.update(
-        HOME=str(home),
-        PYTHONPATH=str(REPO / "src"),
-        LMSERV_CONFIG=str(home / "config.toml"),
-        NO_COLOR="",
-    )
-    env.pop("NO_COLOR")
-    env.update(extra)
-    return env

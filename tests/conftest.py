@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from _helpers import llama_server_pids
+from _helpers import cli_env, llama_server_pids
 from lmserv import config
 from lmserv.install import LlamaBuild, build_llama_cpp
 from lmserv.testing import write_counting_model
@@ -29,6 +29,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "llama_build" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def cli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """For tests calling ``lmserv.cli.main`` in-process: the environment of
+    :func:`_helpers.cli_env` (HOME, an empty config file, none of the user's ``LMSERV_*``,
+    ``XDG_*`` or ``LLAMA_*`` variables) set on this process for the test; returns the home."""
+    home = tmp_path / "home"
+    env = cli_env(home)
+    for key in list(os.environ):
+        if key not in env:
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return home
 
 
 @pytest.fixture(scope="session")

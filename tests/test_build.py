@@ -13,15 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from _fake_llama import cmake_wrapper, make_fake_llama
+from _fake_llama import REAL_CMAKE, cmake_wrapper, make_fake_llama, needs_cmake
 from lmserv.errors import BuildError, SourceError, ToolchainMissing, UnsafeArchive
 from lmserv.install import LlamaBuild, _source, build_llama_cpp
 from lmserv.install._source import PINNED_COMMIT
 from lmserv.install.llama_build import CORE_TARGETS, RPC_TARGET
-
-REAL_CMAKE = shutil.which("cmake")
-assert REAL_CMAKE, "cmake is needed for the build tests"
-
 
 # --- the real build ---------------------------------------------------------------------------
 
@@ -52,6 +48,7 @@ def test_real_build_has_everything_users_need(llama_build: LlamaBuild) -> None:
     assert (llama_build.source_dir / "include" / "llama.h").is_file()
 
 
+@needs_cmake
 def test_real_build_second_call_skips_cmake(
     llama_build: LlamaBuild, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -232,6 +229,7 @@ def test_tarball_source_and_unsafe_tarball(fake_src: tuple[Path, str], tmp_path:
     assert not (tmp_path / "outside.txt").exists()
 
 
+@needs_cmake  # the toolchain is found before the source is read
 def test_bad_source_value_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="not a git URL, an existing folder or tarball"):
         build_llama_cpp(tmp_path / "out", source="no-such-thing", cuda=False)
@@ -307,6 +305,7 @@ def test_cpu_options_leave_out_amx_on_recorded_xeon() -> None:
     assert cpu_feature_options(recorded, platform="win32") == {}
 
 
+@needs_cmake
 def test_fast_path_needs_every_option_to_match(tmp_path: Path) -> None:
     import json
 

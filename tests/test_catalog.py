@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -259,3 +260,30 @@ def test_public_names_are_exported() -> None:
     for name in ("download_file", "download_models", "ensure_model", "CatalogEntry"):
         assert name in lmserv.__all__ and name in lmserv.install.__all__
         assert getattr(lmserv, name) is getattr(lmserv.install, name)
+
+
+def test_seed_module_is_the_cli_with_its_errors(server: FileServer, tmp_path: Path) -> None:
+    from _helpers import cli_env
+
+    def seed(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "lmserv.install.models_fetch", *args],
+            capture_output=True,
+            text=True,
+            env=cli_env(tmp_path / "home"),
+            timeout=60,
+            check=False,
+        )
+
+    models = tmp_path / "models"
+    url = server.url("/tiny-q4.gguf") + f"#sha256={SHA}"
+    assert seed(url, f"--target={models}", "-q").returncode == 0
+    listed = seed("list", "--json", "--target", str(models))
+    assert listed.returncode == 0, listed.stderr
+    assert [m["name"] for m in json.loads(listed.stdout)["local"]] == ["tiny-q4.gguf"]
+    unknown = seed("gemma-2bb", "--target", str(models))
+    assert unknown.returncode == 1  # the CLI's exit codes and messages, not a second set
+    assert unknown.stderr.startswith("lmserv: error: model 'gemma-2bb' is not in the catalog")
+    assert seed("--retries", "-1", "x").returncode == 2
+    assert seed("rm", "tiny-q4.gguf", "--target", str(models)).returncode == 0
+    assert not (models / "tiny-q4.gguf").exists()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from _helpers import cli_env
 
 
 def test_output_into_a_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
@@ -14,7 +15,7 @@ def test_output_into_a_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
         [sys.executable, "-m", "lmserv", "list"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), HOME=str(tmp_path)),
+        env=cli_env(tmp_path),
     )
     assert proc.stdout is not None
     proc.stdout.close()

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,12 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from _helpers import llama_server_pids
+from _helpers import cli_env, free_port, llama_server_pids, run_lmserv
 from lmserv import Client, ServerUnavailable
 from lmserv.install import LlamaBuild
 from lmserv.testing import COUNTING_CONTINUATION
-
-SRC = Path(__file__).parents[1] / "src"
 
 
 @pytest.fixture
@@ -27,25 +23,18 @@ def env(llama_build: LlamaBuild, tmp_path: Path) -> Iterator[dict[str, str]]:
 
     Afterwards, no llama-server serving a model from ``tmp_path`` may be left running.
     """
-    yield {
-        **os.environ,
-        "PYTHONPATH": str(SRC),
-        "LMSERV_PATHS_DATA": str(tmp_path / "data"),
-        "LMSERV_PATHS_CACHE": str(tmp_path / "cache"),
-        "LLAMA_ARG_THREADS": "1",  # llama-server reads its flags from the environment too
-    }
+    yield cli_env(
+        tmp_path / "home",
+        LLAMA_BIN_DIR=str(llama_build.bin_dir),
+        LMSERV_PATHS_DATA=str(tmp_path / "data"),
+        LMSERV_PATHS_CACHE=str(tmp_path / "cache"),
+        LLAMA_ARG_THREADS="1",  # llama-server reads its flags from the environment too
+    )
     assert llama_server_pids(str(tmp_path)) == [], "a llama-server outlived its lmserv command"
 
 
 def lmserv(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lmserv", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    return run_lmserv(*args, home=Path(env["HOME"]), env=env, stdin=stdin)
 
 
 def test_run_streams_the_answer_and_reports_speed(env: dict[str, str], tmp_path: Path) -> None:
@@ -77,9 +66,7 @@ def test_chat_keeps_the_conversation(env: dict[str, str]) -> None:
 
 
 def test_serve_prints_url_and_stops_on_ctrl_c(env: dict[str, str]) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "lmserv", "serve", "counting"],
         stdout=subprocess.PIPE,

@@ -1,38 +1,30 @@
 """The ``lmserv`` command as a user runs it: help, exit codes, JSON, config precedence, doctor.
 
-Every test runs ``python -m lmserv`` in a subprocess with a temporary HOME and LMSERV_CONFIG, so
-the real user's settings are never read or touched.
+Every test runs ``python -m lmserv`` in a subprocess through ``_helpers.run_lmserv`` (a temporary
+HOME and LMSERV_CONFIG), so the real user's settings are never read or touched.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pty
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from _system_helpers import PYTHON, cli_env, fake_tool, write_llama_gguf
-from lmserv.cli import build_parser
+from _helpers import cli_env, run_lmserv
+from _http_server import FileServer
+from _system_helpers import PYTHON, fake_tool, write_llama_gguf
+from lmserv.cli import build_parser, main
 from lmserv.errors import ToolchainMissing
 from lmserv.install import LlamaBuild, _toolchain
 
-
-def lmserv(
-    *args: str, home: Path, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "-m", "lmserv", *args],
-        env={**cli_env(home), **(env or {})},
-        cwd=cwd or home,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+lmserv = run_lmserv
 
 
 def as_json(proc: subprocess.CompletedProcess[str]) -> Any:
@@ -107,6 +99,54 @@ def test_usage_errors_exit_2(tmp_path: Path, args: tuple[str, ...], message: str
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _integer_flags() -> dict[str, list[str]]:
+    """Every flag of every (sub)command that takes a whole number, found in the parser."""
+    found: dict[str, list[str]] = {}
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, f"{path} {name}".strip())
+            elif action.option_strings and action.type not in (None, float):
+                try:
+                    takes_int = action.type("7") == 7  # type: ignore[operator]
+                except (argparse.ArgumentTypeError, ValueError, TypeError):
+                    takes_int = False
+                if takes_int:
+                    found.setdefault(path, []).append(action.option_strings[0])
+
+    walk(build_parser(), "")
+    return found
+
+
+# What each command needs besides the flag, so that parsing reaches it.
+_POSITIONALS = {"plan": ["m.gguf"], "pull": ["x"], "rm": ["x"]}
+
+
+def test_every_integer_flag_rejects_negatives_with_exit_2(
+    cli_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = _integer_flags()
+    for command, names in (
+        ("serve", {"--ctx-size", "--parallel", "--port", "--n-gpu-layers", "--main-gpu"}),
+        ("run", {"--ctx-size", "--parallel", "--max-tokens", "--seed"}),
+        ("plan", {"--ctx-size", "--parallel", "--reserve"}),
+        ("pull", {"--connections", "--retries"}),
+        ("worker", {"--port", "--threads"}),
+        ("build", {"--jobs"}),
+    ):
+        assert names <= set(flags[command]), command
+    for command, names in flags.items():
+        for flag in names:
+            for bad in ("-5", "1.5", "ten"):
+                with pytest.raises(SystemExit) as info:
+                    main([*command.split(), *_POSITIONALS.get(command, []), flag, bad])
+                err = capsys.readouterr().err
+                assert info.value.code == 2, (command, flag, bad)
+                assert f"argument {flag}" in err and repr(bad)[1:-1] in err, err
 
 
 # --------------------------------------------------------------------------- gpu
@@ -197,7 +237,7 @@ def test_plan_on_cpu_and_by_name(tmp_path: Path) -> None:
 def test_plan_failures_exit_1(tmp_path: Path) -> None:
     proc = lmserv("plan", "nowhere.gguf", home=tmp_path)
     assert proc.returncode == 1
-    assert "lmserv: error: model 'nowhere.gguf' is neither a file" in proc.stderr
+    assert "lmserv: error: model file 'nowhere.gguf' does not exist" in proc.stderr
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"\0" * 64)
     proc = lmserv("plan", str(junk), home=tmp_path)
@@ -287,8 +327,9 @@ def test_doctor_on_this_machine(tmp_path: Path, llama_build: LlamaBuild) -> None
     env = {"LLAMA_BIN_DIR": str(llama_build.bin_dir)}
     models = tmp_path / ".local" / "share" / "lmserv" / "models"
     models.mkdir(parents=True)
-    write_llama_gguf(models / "a.gguf")
-    (models / "a.gguf.verified").write_text("{}")
+    with FileServer() as srv:  # a.gguf pulled, so verified; b.gguf copied in: unverified
+        srv.add("/a.gguf", write_llama_gguf(tmp_path / "a.gguf").read_bytes())
+        assert lmserv("pull", srv.url("/a.gguf"), "-q", home=tmp_path).returncode == 0
     write_llama_gguf(models / "b.gguf")
     proc = lmserv("doctor", "--json", home=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -332,6 +373,30 @@ def test_doctor_with_broken_config_fails(tmp_path: Path) -> None:
     assert config["status"] == "fail" and "build.jobs" in config["fix"] and ":2" in config["fix"]
     text = lmserv("doctor", home=tmp_path)
     assert text.returncode == 1 and "not ready" in text.stdout
+
+
+def test_doctor_accepts_the_pypi_cmake_wheel_like_the_builder(tmp_path: Path) -> None:
+    compiler = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if compiler is None:
+        pytest.skip("no C++ compiler here: the toolchain check would fail for that reason")
+    # The `cmake` wheel is a package whose CMAKE_BIN_DIR holds the binary; PATH has no cmake.
+    wheel_bin = tmp_path / "site" / "cmake" / "data" / "bin"
+    wheel_bin.mkdir(parents=True)
+    (wheel_bin.parent.parent / "__init__.py").write_text(f"CMAKE_BIN_DIR = {str(wheel_bin)!r}\n")
+    fake_cmake = wheel_bin / "cmake"
+    fake_cmake.write_text("#!/bin/sh\necho 'cmake version 3.31.6'\n")
+    fake_cmake.chmod(0o755)
+    path_bin = tmp_path / "bin"
+    path_bin.mkdir()
+    (path_bin / "c++").symlink_to(compiler)
+    env = {
+        "PATH": str(path_bin),
+        "PYTHONPATH": f"{cli_env(tmp_path)['PYTHONPATH']}:{tmp_path / 'site'}",
+    }
+    checks = _checks(json.loads(lmserv("doctor", "--json", home=tmp_path, env=env).stdout))
+    assert checks["cmake"]["status"] == "ok", checks["cmake"]
+    assert checks["cmake"]["details"]["path"] == str(fake_cmake)
+    assert checks["toolchain"]["status"] == "ok", checks["toolchain"]  # the builder agrees
 
 
 def test_doctor_without_toolchain_or_binaries_fails(tmp_path: Path) -> None:

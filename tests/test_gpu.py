@@ -6,16 +6,16 @@ import bisect
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from _helpers import free_port
 from _system_helpers import DATA, FakeNVML, fake_tool, write_llama_gguf
 from lmserv import gpu
-from lmserv.errors import InvalidModelFile
+from lmserv.errors import InvalidModelFile, ModelNotFound
 from lmserv.gpu import GPU, cuda_compute_capabilities, detect_gpus, plan_offload
 from lmserv.gpu._plan import read_model_shape
 from lmserv.install import LlamaBuild
@@ -383,7 +383,7 @@ def test_tied_output_counts_the_copy(tmp_path: Path) -> None:
 
 
 def test_bad_inputs(tmp_path: Path, model: Path) -> None:
-    with pytest.raises(InvalidModelFile, match="does not exist"):
+    with pytest.raises(ModelNotFound, match="does not exist"):  # as from every entry point
         plan_offload(tmp_path / "missing.gguf", [])
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"not a gguf file at all" * 10)
@@ -398,15 +398,9 @@ def test_bad_inputs(tmp_path: Path, model: Path) -> None:
 # --------------------------------------------------------------------------- against llama.cpp
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _llama_server_buffers(server: Path, model: Path, args: list[str], log: Path) -> str:
     """Start llama-server on ``model``, wait until it has allocated everything, stop it; its log."""
-    cmd = [str(server), "-m", str(model), "--port", str(_free_port()), "-t", "1", "-lv", "4", *args]
+    cmd = [str(server), "-m", str(model), "--port", str(free_port()), "-t", "1", "-lv", "4", *args]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         try:

@@ -25,7 +25,7 @@ EXPECTED = {
     "BinaryNotFound", "LibraryMismatch", "ModelError", "ModelNotFound", "InvalidModelFile",
     "DownloadError", "ChecksumMismatch", "InsufficientDiskSpace", "UnsafeArchive", "ServerError",
     "ServerStartError", "ServerTimeout", "APIError", "BadRequestError", "AuthenticationError",
-    "NotFoundError", "ServerUnavailable", "LlamaError", "ContextOverflow", "GPUError",
+    "NotFoundError", "ServerUnavailable", "LlamaError", "ContextOverflow", "APITimeoutError",
     "WorkerError",
     "__version__",
 }  # fmt: skip

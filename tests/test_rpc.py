@@ -296,7 +296,7 @@ def test_cli_help() -> None:
     ("args", "message"),
     [
         (["--host", "my-host"], "not an IPv4 address"),
-        (["--port", "70000"], "must be a number in 1..65535"),
+        (["--port", "70000"], "expected a number in 1..65535, got 70000"),
         (["--threads", "0"], "--threads: expected a number of at least 1, got 0"),
     ],
 )

@@ -19,6 +19,7 @@ from _helpers import llama_server_pids
 from lmserv import (
     BinaryNotFound,
     LlamaServer,
+    ModelNotFound,
     ServerError,
     ServerStartError,
     ServerTimeout,
@@ -83,13 +84,18 @@ def test_port_in_use_fails_fast_with_llama_servers_words(
 def test_bad_model_path_fails_fast(llama_build: LlamaBuild, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-model.gguf"
     server = LlamaServer(missing, start_timeout=600)  # must not wait for the timeout
-    with pytest.raises(ServerStartError) as err:
+    with pytest.raises(ModelNotFound, match="does not exist"):  # as from Llama and plan_offload
         server.start()
+    assert not server.running and llama_server_pids(str(missing)) == []
+    # A file llama-server cannot load: its own words, from its log, without the timeout.
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a model" * 100)
+    with pytest.raises(ServerStartError) as err:
+        LlamaServer(junk, start_timeout=600).start()
     assert err.value.returncode == 1
-    assert "failed to open GGUF file" in str(err.value)
-    assert str(missing) in str(err.value)
-    assert "failed to open GGUF file" in err.value.log_tail
-    assert llama_server_pids(str(missing)) == []
+    assert "invalid magic characters" in err.value.log_tail
+    assert str(junk) in str(err.value)
+    assert llama_server_pids(str(junk)) == []
 
 
 def test_timeout_says_what_it_waited_for(llama_build: LlamaBuild, model: Path) -> None:

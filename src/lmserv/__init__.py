@@ -24,6 +24,7 @@ from lmserv.client._client import AsyncClient, AsyncTextStream, Client, TextStre
 from lmserv.config import Settings, get_settings, load_settings
 from lmserv.errors import (
     APIError,
+    APITimeoutError,
     AuthenticationError,
     BadRequestError,
     BinaryNotFound,
@@ -32,7 +33,6 @@ from lmserv.errors import (
     ConfigError,
     ContextOverflow,
     DownloadError,
-    GPUError,
     InstallError,
     InsufficientDiskSpace,
     InvalidModelFile,
@@ -80,6 +80,7 @@ from lmserv.server import LlamaServer, ServerInfo
 __all__ = [
     "GPU",
     "APIError",
+    "APITimeoutError",
     "AsyncClient",
     "AsyncTextStream",
     "AuthenticationError",
@@ -94,7 +95,6 @@ __all__ = [
     "ConfigError",
     "ContextOverflow",
     "DownloadError",
-    "GPUError",
     "InstallError",
     "InsufficientDiskSpace",
     "InvalidModelFile",

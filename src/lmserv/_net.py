@@ -7,10 +7,11 @@ endpoints without importing the process supervision in :mod:`lmserv.rpc`.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 
 from lmserv.errors import ConfigError
 
-__all__ = ["is_loopback", "parse_endpoint"]
+__all__ = ["is_loopback", "normalize_endpoints", "parse_endpoint"]
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
@@ -60,3 +61,22 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def normalize_endpoints(rpc: str | Sequence[str] | None) -> tuple[str, ...]:
+    """RPC endpoints as ``("host:port", ...)``: a list, or one comma-separated string.
+
+    Validates the form only (no connection); raises :class:`ConfigError` quoting a bad or
+    repeated endpoint.
+    """
+    if rpc is None:
+        return ()
+    items = rpc.split(",") if isinstance(rpc, str) else list(rpc)
+    out: list[str] = []
+    for item in items:
+        host, port = parse_endpoint(item)
+        text = f"{host}:{port}"
+        if text in out:
+            raise ConfigError(f"RPC endpoint {text!r} is listed twice; list each worker once")
+        out.append(text)
+    return tuple(out)

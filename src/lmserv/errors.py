@@ -16,7 +16,8 @@ to do next.
     ├── BinaryNotFound (FileNotFoundError)   a llama.cpp binary or shared library was not found
     ├── LibraryMismatch                      libllama found but unusable (ABI / symbols)
     ├── ModelError
-    │   ├── ModelNotFound (KeyError)         unknown catalog name
+    │   ├── ModelNotFound (KeyError,         unknown catalog name, or no model file at a path
+    │   │                  FileNotFoundError)
     │   └── InvalidModelFile (ValueError)    not a GGUF file, or unreadable
     ├── DownloadError
     │   ├── ChecksumMismatch                 SHA-256 differs from the expected digest
@@ -29,10 +30,10 @@ to do next.
     │   ├── BadRequestError                  400
     │   ├── AuthenticationError              401 / 403
     │   ├── NotFoundError                    404
-    │   └── ServerUnavailable                503, refused connection, or a dropped stream
+    │   ├── ServerUnavailable                503, refused connection, or a dropped stream
+    │   └── APITimeoutError (TimeoutError)   no answer within the client's timeout
     ├── LlamaError                           in-process inference (ctypes bindings)
     │   └── ContextOverflow (ValueError)     prompt longer than the context
-    ├── GPUError                             a GPU plan that cannot be satisfied
     └── WorkerError                          an RPC worker is dead or unreachable
 """
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 __all__ = [
     "APIError",
+    "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
     "BinaryNotFound",
@@ -48,7 +50,6 @@ __all__ = [
     "ConfigError",
     "ContextOverflow",
     "DownloadError",
-    "GPUError",
     "InstallError",
     "InsufficientDiskSpace",
     "InvalidModelFile",
@@ -121,8 +122,12 @@ class ModelError(LmservError):
     """A model could not be resolved or opened."""
 
 
-class ModelNotFound(ModelError, KeyError):
-    """A model name is not in the catalog."""
+class ModelNotFound(ModelError, KeyError, FileNotFoundError):
+    """A model name is not in the catalog, or a model path has no file.
+
+    Every entry point (``LlamaServer``, ``Llama``, ``plan_offload``, the CLI) raises this one
+    for a missing model file, so ``except FileNotFoundError`` and ``except KeyError`` both work.
+    """
 
     def __str__(self) -> str:  # KeyError would otherwise repr() the message
         return str(self.args[0]) if self.args else ""
@@ -206,16 +211,23 @@ class ServerUnavailable(APIError):
     """The server is loading (503), not listening, or dropped the connection mid-response."""
 
 
+class APITimeoutError(APIError, TimeoutError):
+    """No answer within the client's timeout; the server may still be working on the request.
+
+    Kept apart from :class:`ServerUnavailable` (nothing listening, a dropped connection) because
+    callers handle them differently: a timeout calls for a larger ``timeout=``, not a retry.
+    """
+
+    def __str__(self) -> str:  # TimeoutError would otherwise format errno-style
+        return str(self.args[0]) if self.args else ""
+
+
 class LlamaError(LmservError):
     """In-process inference through ``libllama`` failed."""
 
 
 class ContextOverflow(LlamaError, ValueError):
     """The prompt (plus requested tokens) does not fit the context window."""
-
-
-class GPUError(LmservError):
-    """A GPU request or plan cannot be satisfied."""
 
 
 class WorkerError(LmservError):

@@ -50,7 +50,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from lmserv._net import is_loopback, parse_endpoint
+from lmserv._net import is_loopback, normalize_endpoints, parse_endpoint
 from lmserv._process import free_port, new_log_path, read_tail, spawn, terminate
 from lmserv.errors import ConfigError, WorkerError
 from lmserv.install.finder import find_binary
@@ -154,15 +154,7 @@ def check_endpoints(endpoints: Iterable[str], *, timeout: float = 2.0) -> list[s
     naming the first worker that does not answer within ``timeout`` seconds (see
     :func:`probe_endpoint`).
     """
-    normalised: list[str] = []
-    for endpoint in endpoints:
-        host, port = parse_endpoint(endpoint)
-        text = f"{host}:{port}"
-        if text in normalised:
-            raise ConfigError(
-                f"RPC endpoint {text!r} is listed twice; each worker may appear only once"
-            )
-        normalised.append(text)
+    normalised = list(normalize_endpoints(list(endpoints)))
     for text in normalised:
         probe_endpoint(text, timeout=timeout)
     return normalised

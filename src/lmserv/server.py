@@ -35,6 +35,7 @@ from typing import IO
 
 import httpx
 
+from lmserv._fs import require_model_file
 from lmserv._inputs import check_api_key
 from lmserv._process import new_log_path, read_tail, spawn, terminate
 from lmserv.client._client import DEFAULT_TIMEOUT, Client
@@ -359,6 +360,7 @@ class LlamaServer:
 
         Fails fast with :class:`ServerStartError` if the process exits while loading, and with
         :class:`ServerTimeout` after ``start_timeout`` seconds; either way nothing is left running.
+        A missing model file is :class:`~lmserv.errors.ModelNotFound`, before anything starts.
         """
         with self._lock:
             if self.running:
@@ -369,6 +371,7 @@ class LlamaServer:
                     "this host can use it; pass api_key=... (or `--api-key`)",
                     self.host,
                 )
+            require_model_file(self.model)  # the same error as Llama and plan_offload
             argv = self.command()
             check_endpoints(self.rpc)  # a dead worker: WorkerError naming it, not an abort/hang
             self._launch(argv)

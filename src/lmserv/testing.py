@@ -25,6 +25,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lmserv._fs import atomic_path
+from lmserv.errors import ConfigError
+
 if TYPE_CHECKING:  # numpy and gguf are imported where models are written: the CLI starts faster
     import gguf
     import numpy as np
@@ -81,18 +84,15 @@ def _llama_gguf(path: Path) -> Iterator[gguf.GGUFWriter]:
     the file is written beside ``path`` and renamed into place; on an error nothing is left."""
     import gguf
 
-    tmp = path.with_name(path.name + ".tmp")
-    writer = gguf.GGUFWriter(str(tmp), "llama")
-    try:
-        yield writer
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        tmp.replace(path)
-    finally:
-        writer.close()
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), "llama")
+        try:
+            yield writer
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
 
 
 def write_counting_model(path: str | Path, *, seed: int = 0) -> Path:
@@ -191,15 +191,15 @@ def write_synthetic_model(
     and filler tokens, so any text tokenizes; the output is gibberish by design. Use it to
     measure speed; the default (about 50M weights, 100 MB) is written in a few seconds.
 
-    Raises :class:`ValueError` for an unknown ``quant`` or ``params`` below 20 million.
+    Raises :class:`~lmserv.errors.ConfigError` (a ``ValueError``) for an unknown ``quant`` or ``params`` below 20 million.
     """
     import gguf
     import numpy as np
 
     if quant.lower() not in _QUANTS:
-        raise ValueError(f"quant={quant!r} is not supported; use one of {sorted(_QUANTS)}")
+        raise ConfigError(f"quant={quant!r} is not supported; use one of {sorted(_QUANTS)}")
     if params < 20_000_000:  # the 32000-token embedding and output matrices alone are 16M
-        raise ValueError(f"params={params} is too small; use at least 20_000_000")
+        raise ConfigError(f"params={params} is too small; use at least 20_000_000")
     qtype = getattr(gguf.GGMLQuantizationType, _QUANTS[quant.lower()])
     file_type = {
         "f32": gguf.LlamaFileType.ALL_F32,

@@ -12,34 +12,56 @@ from collections.abc import Sequence
 
 from lmserv._bindings import _llama_h as h
 from lmserv.errors import ConfigError
-from lmserv.gpu._split import SplitOptions
+from lmserv.gpu import _split as rules
+from lmserv.gpu._split import MAX_TENSOR_SPLIT, SplitOptions
 
-__all__ = ["apply_split", "check_tensor_mode"]
+__all__ = ["apply_split", "check_tensor_mode", "model_params"]
 
-# KV-cache types tensor mode accepts (F32, F16, BF16); quantized caches are refused upstream.
-_UNQUANTIZED = {h.GGML_TYPE_F32, h.GGML_TYPE_F16, h.GGML_TYPE_BF16}
+# enum llama_split_mode for each split mode lmserv accepts (``row`` is refused upstream of here).
+_SPLIT_MODE_ENUM = {
+    "none": h.LLAMA_SPLIT_MODE_NONE,
+    "layer": h.LLAMA_SPLIT_MODE_LAYER,
+    "tensor": h.LLAMA_SPLIT_MODE_TENSOR,
+}
+# The ggml names of the KV-cache types lmserv names; any other type is a quantized one.
+_GGML_TYPE_NAMES = {h.GGML_TYPE_F32: "f32", h.GGML_TYPE_F16: "f16", h.GGML_TYPE_BF16: "bf16"}
+# llama_max_devices() at the pinned commit; tensor_split is an array of that many floats.
+_MAX_DEVICES = MAX_TENSOR_SPLIT + 1
 
 
 def check_tensor_mode(split: SplitOptions, flash_attn: str, type_k: int, type_v: int) -> str:
     """Refuse what tensor mode cannot run; return the flash-attention setting to use.
 
-    Tensor parallelism needs flash attention and an unquantized KV cache; saying so here beats
-    a failure deep inside llama.cpp.
+    The rules are :func:`lmserv.gpu._split.check_tensor_mode`, shared with ``LlamaServer``;
+    this only names the ``LlamaParams`` fields.
     """
     if split.split_mode != "tensor":
         return flash_attn
-    if flash_attn == "off":
-        raise ConfigError(
-            "split_mode='tensor' requires flash attention, but LlamaParams(flash_attn='off'). "
-            "Use flash_attn='on' (or 'auto'), or split_mode='layer'."
-        )
-    quantized = [n for n, t in (("type_k", type_k), ("type_v", type_v)) if t not in _UNQUANTIZED]
-    if quantized:
-        raise ConfigError(
-            f"split_mode='tensor' requires an unquantized KV cache, but {', '.join(quantized)} "
-            "is quantized. Use F16 (LlamaParams(type_k=1, type_v=1)) or split_mode='layer'."
-        )
+    caches = {
+        f"LlamaParams.{field}": _GGML_TYPE_NAMES.get(value, f"ggml type {value}")
+        for field, value in (("type_k", type_k), ("type_v", type_v))
+    }
+    given = None if flash_attn == "auto" else flash_attn
+    rules.check_tensor_mode(given, caches, flash_name="LlamaParams.flash_attn")
     return "on"
+
+
+def model_params(split: SplitOptions) -> dict[str, object]:
+    """The ``llama_model_params`` fields ``split`` sets (those it leaves unset are absent).
+
+    ``split_mode`` as its ``enum llama_split_mode`` value, ``main_gpu``, and ``tensor_split``
+    padded with zeros to ``llama_max_devices()``. Devices are not included: they are handles
+    looked up by name (:func:`apply_split`).
+    """
+    out: dict[str, object] = {}
+    if split.split_mode is not None:
+        out["split_mode"] = _SPLIT_MODE_ENUM[split.split_mode]
+    if split.main_gpu is not None:
+        out["main_gpu"] = split.main_gpu
+    if split.tensor_split is not None:
+        pad = _MAX_DEVICES - len(split.tensor_split)
+        out["tensor_split"] = (*split.tensor_split, *([0.0] * pad))
+    return out
 
 
 def _device_handles(lib: h.LibLlama, names: Sequence[str]) -> list[int]:
@@ -62,7 +84,7 @@ def apply_split(
 ) -> list[object]:
     """Set the split fields of ``mparams``; return the ctypes arrays to keep alive."""
     keep: list[object] = []
-    fields = split.model_params()
+    fields = model_params(split)
     if "split_mode" in fields:
         mparams.split_mode = int(fields["split_mode"])  # type: ignore[call-overload]
     if "main_gpu" in fields:

@@ -43,6 +43,7 @@ from lmserv._bindings._generate import Decoder, Handles, Tally
 from lmserv._bindings._split import apply_split, check_tensor_mode
 from lmserv._bindings._stream import LlamaStream, chat_completion, completion
 from lmserv._bindings.params import GpuLayers, LlamaParams, SamplingParams, default_threads
+from lmserv._fs import require_model_file
 from lmserv._inputs import check_text
 from lmserv._types import (
     ChatCompletion,
@@ -67,12 +68,7 @@ _GGUF_MAGIC = b"GGUF"
 
 def _check_model_file(path: Path) -> None:
     """Refuse anything that is not a readable GGUF file before handing it to C."""
-    if not path.exists():
-        raise InvalidModelFile(
-            f"model file {str(path)!r} does not exist; pass the path of a .gguf file"
-        )
-    if not path.is_file():
-        raise InvalidModelFile(f"model path {str(path)!r} is not a file; pass a .gguf file")
+    require_model_file(path)  # ModelNotFound / InvalidModelFile, as from every entry point
     try:
         with path.open("rb") as fh:
             magic = fh.read(4)
@@ -139,7 +135,8 @@ class Llama:
         split: the same options as one :class:`~lmserv.SplitOptions` (``split_options(...)``),
             instead of the four keywords; ``LlamaServer`` takes it too.
 
-    Raises :class:`~lmserv.errors.InvalidModelFile` (missing, unreadable or not a model llama.cpp
+    Raises :class:`~lmserv.errors.ModelNotFound` (missing file),
+    :class:`~lmserv.errors.InvalidModelFile` (unreadable or not a model llama.cpp
     can load), :class:`~lmserv.errors.ConfigError` (a bad argument),
     :class:`~lmserv.errors.LlamaError` (the context could not be created), and
     :class:`~lmserv.errors.BinaryNotFound` / :class:`~lmserv.errors.LibraryMismatch` when

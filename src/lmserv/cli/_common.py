@@ -12,22 +12,33 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
+from lmserv import config
 from lmserv._units import human_bytes
+from lmserv.install._models import resolve_model as _resolve_installed
 
 __all__ = [
+    "COUNTING",
     "add_json_flag",
     "colour",
     "human_bytes",
-    "int_at_least",
+    "int_arg",
+    "port_int",
     "positive_int",
     "print_json",
+    "resolve_model",
+    "sigterm_as_interrupt",
     "status_label",
     "use_colour",
 ]
+
+COUNTING = "counting"
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
@@ -63,21 +74,52 @@ def status_label(status: str, width: int = 5) -> str:
     return colour(status.ljust(width), _STATUS_COLOURS.get(status, "bold"))
 
 
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse ``type=`` for whole numbers >= ``minimum`` (else exit 2 with a reason)."""
+def int_arg(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """The argparse ``type=`` of every integer flag: a whole number in ``minimum..maximum``.
+
+    Anything else (``-5``, ``1.5``, ``ten``) is a usage error: exit 2 with the value and the range.
+    """
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(
-                f"expected a number of at least {minimum}, got {value}"
-            )
+        if value < minimum or (maximum is not None and value > maximum):
+            wanted = f"in {minimum}..{maximum}" if maximum is not None else f"of at least {minimum}"
+            raise argparse.ArgumentTypeError(f"expected a number {wanted}, got {value}")
         return value
 
     return parse
 
 
-positive_int = int_at_least(1)
+positive_int = int_arg(1)
+port_int = int_arg(1, 65535)
+
+
+def sigterm_as_interrupt() -> None:
+    """Stop cleanly on SIGTERM too (``kill``, systemd): it raises ``KeyboardInterrupt`` as Ctrl-C
+    does, so the command's ``finally`` blocks stop the processes it started."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def resolve_model(spec: str | None, *, pull: bool) -> Path:
+    """The local GGUF file for a command's ``MODEL`` argument; the one resolver of every command.
+
+    ``None`` means the ``models.default`` setting, else :data:`COUNTING` (the tiny built-in
+    test model, written on the spot). Anything else goes to
+    :func:`lmserv.install._models.resolve_model` (path, file in the models folder, catalog
+    name or alias, URL, ``hf://``); ``pull=True`` downloads a catalog/URL model when needed.
+    Raises :class:`~lmserv.errors.ModelNotFound` when nothing matches.
+    """
+    if spec is None:
+        spec = config.load_settings().models.default or COUNTING
+    if spec == COUNTING:
+        from lmserv.testing import write_counting_model  # needs gguf; only for this model
+
+        return write_counting_model(config.models_dir() / "counting.gguf")
+    return _resolve_installed(spec, pull=pull)

@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from lmserv.cli._common import int_arg
+from lmserv.gpu._split import SPLIT_MODES
+
 __all__ = ["add_distributed_options", "distributed_kwargs"]
-
-
-def _gpu_index(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a GPU index (0, 1, ...)")
-    return int(text)
 
 
 def add_distributed_options(p: argparse.ArgumentParser) -> None:
@@ -26,7 +23,7 @@ def add_distributed_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--split-mode",
         "-sm",
-        choices=("layer", "tensor", "none"),
+        choices=SPLIT_MODES,
         default=None,
         help="how to spread the model over several GPUs (default: llama.cpp's, layer)",
     )
@@ -40,7 +37,7 @@ def add_distributed_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--main-gpu",
         "-mg",
-        type=_gpu_index,
+        type=int_arg(0),
         default=None,
         help="run on this one GPU only (implies --split-mode none)",
     )

@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmserv import __version__, config
-from lmserv.errors import BinaryNotFound, ConfigError, ToolchainMissing
+from lmserv._units import human_bytes
+from lmserv.cli._common import COUNTING
+from lmserv.errors import BinaryNotFound, ConfigError, ModelError, ToolchainMissing
 from lmserv.gpu import GPU, detect_gpus
 from lmserv.install import _toolchain, finder
+from lmserv.install._models import list_models, resolve_model
 from lmserv.install._source import PINNED_COMMIT
 
 __all__ = ["Check", "Report", "run_checks"]
@@ -28,8 +31,6 @@ Status = Literal["ok", "warn", "fail", "info"]
 _TIMEOUT_S = 30
 _BINARIES = ("llama-server", "llama-cli", "llama-bench", "llama-quantize", "ggml-rpc-server")
 _OPTIONAL_BINARIES = {"llama-bench", "llama-quantize", "ggml-rpc-server"}
-# Sidecars the downloader may leave beside a verified model; matched loosely on purpose.
-_SIDECAR_SUFFIXES = (".verified", ".sha256", ".json", ".lmserv.json", ".verified.json")
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def _check_config() -> Check:
 def _check_toolchain() -> list[Check]:
     checks: list[Check] = []
     win = sys.platform == "win32"
-    cmake = shutil.which("cmake")
+    cmake = _toolchain.find_cmake()  # PATH or the PyPI wheel, exactly as the builder looks
     checks.append(
         Check(
             "cmake", "ok", f"{cmake} ({_first_line([cmake, '--version'])})", details={"path": cmake}
@@ -93,11 +94,11 @@ def _check_toolchain() -> list[Check]:
         else Check(
             "cmake",
             "fail",
-            "not found on PATH",
+            "not found on PATH nor as the PyPI 'cmake' package",
             fix="install it: `python -m pip install cmake ninja` or `apt-get install cmake`",
         )
     )
-    ninja = shutil.which("ninja")
+    ninja = _toolchain.find_ninja()
     checks.append(
         Check("ninja", "ok", f"{ninja} ({_first_line([ninja, '--version'])})")
         if ninja
@@ -106,7 +107,7 @@ def _check_toolchain() -> list[Check]:
         )
     )
     if not win:
-        cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+        cxx = _toolchain.find_cxx()
         checks.append(
             Check("compiler", "ok", f"{cxx} ({_first_line([cxx, '--version'])})")
             if cxx
@@ -138,15 +139,8 @@ def _check_toolchain() -> list[Check]:
     return checks
 
 
-def _nvcc_release(nvcc: str) -> str:
-    try:
-        out = subprocess.run(
-            [nvcc, "--version"], capture_output=True, text=True, timeout=_TIMEOUT_S, check=False
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    m = re.search(r"release (\d+\.\d+)", out)
-    return m.group(1) if m else "?"
+def _release(version: tuple[int, int]) -> str:
+    return ".".join(map(str, version)) if version != (0, 0) else "?"
 
 
 def _check_cuda(gpus: list[GPU]) -> tuple[Check, str | None]:
@@ -156,12 +150,12 @@ def _check_cuda(gpus: list[GPU]) -> tuple[Check, str | None]:
     except ToolchainMissing as exc:
         nvcc = shutil.which("nvcc")
         missing = str(exc).split(". Install")[0].removeprefix("a CUDA build needs ")
-        found = f"nvcc {_nvcc_release(nvcc)} at {nvcc}, but " if nvcc else ""
+        found = f"nvcc {_release(_toolchain.nvcc_version(nvcc))} at {nvcc}, but " if nvcc else ""
         status: Status = "warn" if nvidia else "info"
         summary = f"{found}missing {missing}: CUDA builds not possible"
         summary += "" if nvidia else " (no NVIDIA GPU here, so CPU builds are the right ones)"
         return Check("cuda", status, summary, fix=str(exc)), None
-    version = ".".join(map(str, kit.version))
+    version = _release(kit.version)
     return Check("cuda", "ok", f"nvcc {version} at {kit.nvcc}, cuBLAS found"), kit.root
 
 
@@ -176,7 +170,7 @@ def _check_gpus(gpus: list[GPU]) -> Check:
     lines = [
         f"[{g.index}] {g.name} ({g.backend}"
         + (f" {g.compute_capability}" if g.compute_capability else "")
-        + f", {g.free_memory / 1024**3:.1f}/{g.total_memory / 1024**3:.1f} GiB free,"
+        + f", {human_bytes(g.free_memory)} free of {human_bytes(g.total_memory)},"
         f" driver {g.driver or '?'})"
         for g in gpus
     ]
@@ -308,22 +302,23 @@ def _check_models() -> Check:
             fix="`lmserv pull NAME` downloads one",
             details={"path": str(folder), "models": []},
         )
-    models: list[dict[str, Any]] = []
-    for path in sorted(folder.rglob("*.gguf")):
-        sidecars = [path.with_name(path.name + s) for s in _SIDECAR_SUFFIXES]
-        sidecars += [path.with_name("." + path.name + s) for s in _SIDECAR_SUFFIXES]
-        models.append(
-            {
-                "file": str(path.relative_to(folder)),
-                "size": path.stat().st_size,
-                "verified": any(s.exists() for s in sidecars),
-            }
-        )
-    partial = len(list(folder.rglob("*.part")))
+    # The same listing and the same "verified" as `lmserv list`: one answer per file.
+    local = list_models(folder)
+    models: list[dict[str, Any]] = [
+        {
+            "file": m.path.name,
+            "size": m.size,
+            "verified": m.verified,
+            "catalog_name": m.catalog_name,
+        }
+        for m in local
+        if not m.partial
+    ]
+    partial = sum(1 for m in local if m.partial)
     summary = f"{folder}: {len(models)} model(s)"
     if models:
         summary += ", " + ", ".join(
-            f"{m['file']} ({m['size'] / 1024**2:.0f} MiB{', verified' if m['verified'] else ''})"
+            f"{m['file']} ({human_bytes(m['size'])}{', verified' if m['verified'] else ''})"
             for m in models
         )
     if partial:
@@ -333,6 +328,32 @@ def _check_models() -> Check:
         "ok" if models else "info",
         summary,
         details={"path": str(folder), "models": models, "partial": partial},
+    )
+
+
+def _check_default_model() -> Check | None:
+    """Whether the ``models.default`` setting names a model ``lmserv run`` finds without a pull;
+    resolved by the same function as every command. ``None`` when the setting is unset."""
+    default = config.load_settings().models.default
+    if not default:
+        return None
+    if default == COUNTING:
+        return Check("default-model", "ok", f"{COUNTING!r}: the built-in test model")
+    try:
+        path = resolve_model(default, pull=False)
+    except (ModelError, ConfigError) as exc:
+        return Check(
+            "default-model",
+            "warn",
+            f"models.default = {default!r} is not available here",
+            fix=str(exc),
+            details={"spec": default},
+        )
+    return Check(
+        "default-model",
+        "ok",
+        f"{default!r} -> {path}",
+        details={"spec": default, "path": str(path)},
     )
 
 
@@ -360,6 +381,9 @@ def run_checks() -> Report:
         binaries, server_ok = _check_binaries(gpus)
         checks += binaries
         checks.append(_check_models())
+        default_model = _check_default_model()
+        if default_model is not None:
+            checks.append(default_model)
     can_build = all(
         c.status == "ok" for c in toolchain if c.name in ("cmake", "compiler", "toolchain")
     )

@@ -7,22 +7,12 @@ import sys
 from pathlib import Path
 
 from lmserv import config
-from lmserv.cli._common import add_json_flag, colour, int_at_least, print_json
+from lmserv.cli._common import add_json_flag, colour, human_bytes, int_arg, print_json
 from lmserv.errors import ConfigError
 from lmserv.install._catalog import CatalogEntry, load_catalog
 from lmserv.install._models import download_models, list_models, remove_model
 
 __all__ = ["register"]
-
-
-def _connections(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 1 <= value <= 64:
-        raise argparse.ArgumentTypeError(f"expected 1 to 64 connections, got {value}")
-    return value
 
 
 def _add_dir(parser: argparse.ArgumentParser) -> None:
@@ -50,13 +40,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _add_dir(pull)
     pull.add_argument(
         "--connections",
-        type=_connections,
+        type=int_arg(1, 64),
         default=None,
         help="parallel connections per file (default: 8 for large files, 1 turns it off)",
     )
     pull.add_argument(
         "--retries",
-        type=int_at_least(0),
+        type=int_arg(0),
         default=5,
         help="tries after a failure without progress before giving up (default: 5)",
     )
@@ -102,14 +92,7 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1000:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"
+    return "?" if n is None else human_bytes(n)
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -9,60 +9,42 @@ from __future__ import annotations
 import argparse
 import io
 import shlex
-import signal
 import sys
 from collections.abc import Iterator
-from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from lmserv import config
 from lmserv._inputs import check_base_url, check_text
+from lmserv.cli._common import int_arg, positive_int, resolve_model, sigterm_as_interrupt
 from lmserv.cli._distributed import add_distributed_options, distributed_kwargs
 from lmserv.client import ChatCompletion, Client, TextStream
-from lmserv.errors import ConfigError, ModelNotFound
-from lmserv.install import models_fetch
+from lmserv.errors import ConfigError
 from lmserv.server import LlamaServer
-from lmserv.testing import write_counting_model
 
-__all__ = ["register", "resolve_model"]
-
-COUNTING = "counting"
+__all__ = ["register"]
 
 
-def resolve_model(spec: str | None) -> Path:
-    """A local GGUF path for ``spec``: a file, ``counting``, or a catalog name/URL.
-
-    ``None`` means the ``models.default`` setting, else ``counting``.
-    Raises :class:`~lmserv.errors.ModelNotFound` when nothing matches.
-    """
-    if spec is None:
-        spec = config.load_settings().models.default or COUNTING
-    if spec == COUNTING:
-        return write_counting_model(config.models_dir() / "counting.gguf")
-    path = config.expand_path(spec, what="model")
-    if path.is_file():
-        return path
-    ensure = getattr(models_fetch, "ensure_model", None)  # the catalog's resolver
-    if ensure is None:
-        raise ModelNotFound(
-            f"model {spec!r} is not a file, and this lmserv has no model catalog; "
-            f"pass a path to a .gguf file, or {COUNTING!r} for the built-in test model"
-        )
-    return Path(ensure(spec))
+def _gpu_layers(text: str) -> int | str:
+    """``--n-gpu-layers``: ``auto``, ``all`` or a whole number of at least 0 (else exit 2)."""
+    if text in ("auto", "all"):
+        return text
+    return int_arg(0)(text)
 
 
 def _server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--ctx-size", "-c", type=int, default=None, help="context size (default: model's)"
+        "--ctx-size", "-c", type=positive_int, default=None, help="context size (default: model's)"
     )
     p.add_argument(
         "--n-gpu-layers",
         "-ngl",
+        type=_gpu_layers,
         default="auto",
         help="layers on the GPU: auto (default: as many as fit), all, or a number",
     )
-    p.add_argument("--parallel", "-np", type=int, default=None, help="server slots (default: 4)")
+    p.add_argument(
+        "--parallel", "-np", type=positive_int, default=None, help="server slots (default: 4)"
+    )
     add_distributed_options(p)  # --rpc and the multi-GPU options (issue 7)
     p.add_argument(
         "--server-args",
@@ -72,13 +54,10 @@ def _server_options(p: argparse.ArgumentParser) -> None:
 
 
 def _make_server(args: argparse.Namespace, **kwargs: Any) -> LlamaServer:
-    ngl: int | str = args.n_gpu_layers
-    if isinstance(ngl, str) and ngl.isdigit():
-        ngl = int(ngl)
     return LlamaServer(
-        resolve_model(args.model),
+        resolve_model(args.model, pull=True),
         n_ctx=args.ctx_size,
-        n_gpu_layers=ngl,
+        n_gpu_layers=args.n_gpu_layers,
         parallel=args.parallel,
         extra_args=shlex.split(args.server_args),
         **distributed_kwargs(args),
@@ -102,13 +81,6 @@ def _prompt(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _sigterm_as_interrupt() -> None:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``serve``, ``run`` and ``chat``."""
     p = sub.add_parser(
@@ -118,7 +90,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("model", nargs="?", default=None, help="GGUF path, catalog name, or 'counting'")
     p.add_argument("--host", default=None, help="address to bind (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    p.add_argument(
+        "--port", type=int_arg(0, 65535), default=None, help="port (default: a free one)"
+    )
     p.add_argument(
         "--api-key", default=None, help="require this key (Authorization: Bearer); see [server]"
     )
@@ -148,9 +122,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                 action="store_true",
                 help="complete the text as is (native /completion) instead of as a chat turn",
             )
-        q.add_argument("--max-tokens", "-n", type=int, default=None, help="stop after N tokens")
+        q.add_argument(
+            "--max-tokens", "-n", type=positive_int, default=None, help="stop after N tokens"
+        )
         q.add_argument("--temperature", type=float, default=None, help="sampling temperature")
-        q.add_argument("--seed", type=int, default=None, help="sampling seed")
+        q.add_argument("--seed", type=int_arg(0), default=None, help="sampling seed")
         q.add_argument(
             "--url",
             default=None,
@@ -173,7 +149,7 @@ def _serve(args: argparse.Namespace) -> int:
     ).server
     port = settings.port or None  # 0 and None both mean a free port
     server = _make_server(args, host=settings.host, port=port, api_key=settings.api_key)
-    _sigterm_as_interrupt()
+    sigterm_as_interrupt()
     try:
         server.start()
         print(
@@ -240,7 +216,7 @@ def _speed(stream: TextStream[Any]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    _sigterm_as_interrupt()
+    sigterm_as_interrupt()
     session = _Session(args)
     try:
         if args.raw:
@@ -256,7 +232,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    _sigterm_as_interrupt()
+    sigterm_as_interrupt()
     session = _Session(args)
     messages: list[dict[str, str]] = []
     interactive = sys.stdin.isatty()

@@ -14,17 +14,18 @@ from lmserv.cli._common import (
     add_json_flag,
     colour,
     human_bytes,
+    int_arg,
     positive_int,
     print_json,
+    resolve_model,
     status_label,
 )
-from lmserv.errors import BinaryNotFound, ConfigError, InvalidModelFile
+from lmserv.errors import BinaryNotFound, ConfigError
 from lmserv.gpu import GPU, cuda_compute_capabilities, detect_gpus, plan_offload
+from lmserv.gpu._plan import KV_TYPE_BYTES
 from lmserv.install import finder
 
 __all__ = ["register"]
-
-_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,7 +47,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "arguments. llama-server's own --fit measures the real buffers; this explains them.",
     )
     p.add_argument(
-        "model", metavar="MODEL", help="a .gguf file, or a file name in the models folder"
+        "model",
+        metavar="MODEL",
+        help="a .gguf file, a file name in the models folder, or a pulled catalog name or URL",
     )
     p.add_argument(
         "--ctx-size",
@@ -57,14 +60,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--parallel", "-np", type=positive_int, default=1, help="slots (default: 1)")
     p.add_argument(
-        "--cache-type", choices=_CACHE_TYPES, default="f16", help="KV cache type (default: f16)"
+        "--cache-type",
+        choices=tuple(KV_TYPE_BYTES),
+        default="f16",
+        help="KV cache type (default: f16)",
     )
     p.add_argument(
         "--no-flash-attn", action="store_true", help="count the attention-score buffer too"
     )
     p.add_argument(
         "--reserve",
-        type=int,
+        type=int_arg(0),
         default=1024,
         metavar="MIB",
         help="memory left free per GPU in MiB (default: 1024, like --fit-target)",
@@ -144,20 +150,6 @@ def _gpu(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- plan
 
 
-def _resolve_model(name: str) -> Path:
-    path = config.expand_path(name, what="model")
-    if path.is_file():
-        return path
-    folder = config.models_dir()
-    for candidate in (folder / name, folder / f"{name}.gguf"):
-        if candidate.is_file():
-            return candidate
-    raise InvalidModelFile(
-        f"model {name!r} is neither a file nor in the models folder {folder}. "
-        "Give the path of a .gguf file, or pull it first with `lmserv pull NAME`."
-    )
-
-
 def _server_has_fit() -> bool:
     """Whether the llama-server lmserv would run accepts ``--fit`` (the pinned commit does)."""
     try:
@@ -174,10 +166,7 @@ def _server_has_fit() -> bool:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    if args.reserve < 0:
-        print("lmserv plan: error: --reserve must be 0 or more MiB", file=sys.stderr)
-        return 2
-    model = _resolve_model(args.model)
+    model = resolve_model(args.model, pull=False)  # a plan never downloads gigabytes
     gpus = detect_gpus()
     plan = plan_offload(
         model,

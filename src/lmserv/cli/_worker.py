@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import signal
 import sys
-from types import FrameType
 
-from lmserv.cli._common import colour, positive_int
+from lmserv.cli._common import colour, port_int, positive_int, sigterm_as_interrupt
 from lmserv.rpc import DEFAULT_RPC_PORT, SECURITY_WARNING, RpcWorker, is_loopback
 
 __all__ = ["register"]
@@ -27,12 +25,6 @@ def _ipv4(text: str) -> str:
             "use 127.0.0.1, this machine's LAN address, or 0.0.0.0"
         ) from None
     return text
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"port {text!r} must be a number in 1..65535")
-    return int(text)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,7 +47,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument(
         "--port",
-        type=_port,
+        type=port_int,
         default=DEFAULT_RPC_PORT,
         help=f"TCP port (default: {DEFAULT_RPC_PORT})",
     )
@@ -81,17 +73,8 @@ def _warn_exposed(host: str, port: int) -> None:
     print(colour("\n".join(lines), "red", sys.stderr), file=sys.stderr, flush=True)
 
 
-def _sigterm_as_interrupt() -> None:
-    """Stop cleanly on SIGTERM too (``kill``, systemd), exactly as on Ctrl-C."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def _run(args: argparse.Namespace) -> int:
-    _sigterm_as_interrupt()
+    sigterm_as_interrupt()
     devices = [d for d in (args.device or "").split(",") if d] or None
     worker = RpcWorker(args.host, args.port, cache=args.cache, threads=args.threads, device=devices)
     if not is_loopback(args.host):

@@ -3,7 +3,8 @@
 Everything that turns what comes back (a status and a body, a stream of server-sent events, an
 ``httpx`` exception) into lmserv's results and exceptions lives here, once, for both clients:
 ``error_from_response`` is the single place a status becomes an exception, and ``_translate``
-the single boundary where ``httpx`` errors become :class:`~lmserv.errors.ServerUnavailable`.
+the single boundary where ``httpx`` errors become :class:`~lmserv.errors.ServerUnavailable`
+or :class:`~lmserv.errors.APITimeoutError`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import httpx
 from lmserv._types import ChatCompletion, Completion
 from lmserv.errors import (
     APIError,
+    APITimeoutError,
     AuthenticationError,
     BadRequestError,
     NotFoundError,
@@ -77,7 +79,8 @@ def _decode_body(content: bytes) -> object:
 
 @contextlib.contextmanager
 def _translate(base_url: str, where: str, timeout: httpx.Timeout) -> Iterator[None]:
-    """Turn httpx's transport errors into :class:`ServerUnavailable` with a next step."""
+    """Turn httpx's transport errors into :class:`ServerUnavailable` (nothing listening, a
+    dropped connection) or :class:`APITimeoutError` (no answer in time), each with a next step."""
     try:
         yield
     except httpx.ConnectError as exc:
@@ -86,7 +89,7 @@ def _translate(base_url: str, where: str, timeout: httpx.Timeout) -> Iterator[No
             "start it with `lmserv serve MODEL` or LlamaServer(MODEL).start()"
         ) from exc
     except httpx.TimeoutException as exc:
-        raise ServerUnavailable(
+        raise APITimeoutError(
             f"{where} on {base_url} timed out ({type(exc).__name__}, timeouts {timeout}); "
             "pass a larger timeout= to the client if the model is slow"
         ) from exc

@@ -163,9 +163,11 @@ class Settings:
     origins: Mapping[str, Origin]
 
     def get(self, name: str) -> Any:
-        """The value of dotted setting ``name`` (``"server.port"``); ``KeyError`` if unknown."""
+        """The value of dotted setting ``name`` (``"server.port"``); :class:`ConfigError` if unknown."""
         if name not in _BY_NAME:
-            raise KeyError(name)
+            raise ConfigError(
+                f"no setting {name!r}; `lmserv config show` lists them (e.g. 'server.port')"
+            )
         table, key = name.split(".", 1)
         return getattr(getattr(self, table), key)
 

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmserv.errors import InvalidModelFile
+from lmserv._fs import require_model_file
+from lmserv._units import human_bytes
+from lmserv.errors import ConfigError, InvalidModelFile
 
 if TYPE_CHECKING:
     from lmserv.gpu._detect import GPU
@@ -50,10 +52,6 @@ KV_TYPE_BYTES: dict[str, float] = {
 
 _OUTPUT_TENSORS = re.compile(r"^(output|output_norm)\.")
 _LAYER_TENSOR = re.compile(r"^blk\.(\d+)\.")
-
-
-def _gib(n: float) -> str:
-    return f"{n / 1024**3:.2f} GiB" if abs(n) >= 1024**3 else f"{n / MIB:.1f} MiB"
 
 
 @dataclass(frozen=True)
@@ -105,15 +103,11 @@ def _ints(value: Any, n: int, default: int) -> list[int]:
 def read_model_shape(model_path: str | os.PathLike[str]) -> ModelShape:
     """Read layer count, tensor sizes, context length and KV geometry from a GGUF file.
 
-    Raises :class:`~lmserv.errors.InvalidModelFile` when the file is missing, not GGUF, or lacks
+    Raises :class:`~lmserv.errors.ModelNotFound` when the file is missing, and
+    :class:`~lmserv.errors.InvalidModelFile` when it is not GGUF or lacks
     the keys every llama.cpp model has (``general.architecture``, ``<arch>.block_count``).
     """
-    path = Path(model_path)
-    if not path.is_file():
-        raise InvalidModelFile(
-            f"model file {str(path)!r} does not exist. Give the path of a .gguf file "
-            "(or pull one with `lmserv pull NAME`)."
-        )
+    path = require_model_file(model_path)  # ModelNotFound, as from every entry point
     try:
         from gguf import GGUFReader
 
@@ -347,15 +341,17 @@ def plan_offload(
     The plan never puts more on a GPU than its free memory minus the reserve; when nothing
     fits, it offloads fewer layers, down to none. No GPU gives a CPU-only plan.
 
-    Raises :class:`~lmserv.errors.InvalidModelFile` for an unreadable model and ``ValueError``
-    for a non-positive ``ctx_size``/``parallel`` or an unknown ``cache_type``.
+    Raises :class:`~lmserv.errors.ModelNotFound` for a missing model file,
+    :class:`~lmserv.errors.InvalidModelFile` for an unreadable one, and
+    :class:`~lmserv.errors.ConfigError` (a ``ValueError``) for a non-positive
+    ``ctx_size``/``parallel`` or an unknown ``cache_type``.
     """
     if ctx_size is not None and ctx_size < 1:
-        raise ValueError(f"ctx_size must be at least 1, not {ctx_size}")
+        raise ConfigError(f"ctx_size must be at least 1, not {ctx_size}")
     if parallel < 1:
-        raise ValueError(f"parallel must be at least 1, not {parallel}")
+        raise ConfigError(f"parallel must be at least 1, not {parallel}")
     if cache_type not in KV_TYPE_BYTES:
-        raise ValueError(
+        raise ConfigError(
             f"cache_type {cache_type!r} is not one of {', '.join(KV_TYPE_BYTES)} (llama-server -ctk)"
         )
     shape = read_model_shape(model_path)
@@ -452,36 +448,36 @@ def _explain(
     per_token = max(shape.kv_values_per_token or (0,))
     lines = [
         f"model: {shape.path.name} ({shape.architecture}, {shape.n_layer} layers, "
-        f"{_gib(shape.weights_bytes)} of weights, trained context {shape.n_ctx_train or '?'})",
+        f"{human_bytes(shape.weights_bytes)} of weights, trained context {shape.n_ctx_train or '?'})",
         f"context: {ctx} tokens x {parallel} slot(s) = {ctx * parallel} KV cells",
-        f"per layer: weights {_gib(max(shape.layer_bytes or (0,)))} (largest) + KV cache "
+        f"per layer: weights {human_bytes(max(shape.layer_bytes or (0,)))} (largest) + KV cache "
         f"{ctx * parallel} cells x {per_token} values x {KV_TYPE_BYTES[cache_type]:g} B "
-        f"({cache_type}) = {_gib(kv_layer)}",
-        f"output layer: {_gib(shape.output_bytes)}"
+        f"({cache_type}) = {human_bytes(kv_layer)}",
+        f"output layer: {human_bytes(shape.output_bytes)}"
         + (" (tied to the token embedding, copied)" if shape.tied_output else "")
-        + f"; token embedding {_gib(shape.input_bytes)} stays in host memory",
-        f"compute buffer per GPU used: activations {_gib(costs.activations)} + attention "
-        f"{_gib(costs.attention)}; + logits {_gib(costs.logits)} on the GPU holding the output",
+        + f"; token embedding {human_bytes(shape.input_bytes)} stays in host memory",
+        f"compute buffer per GPU used: activations {human_bytes(costs.activations)} + attention "
+        f"{human_bytes(costs.attention)}; + logits {human_bytes(costs.logits)} on the GPU holding the output",
     ]
     if not gpus:
         lines.append("no GPU: everything runs on the CPU (-ngl 0)")
         host = sum(costs.unit_bytes) + shape.input_bytes + shape.other_bytes
         compute = costs.activations + costs.attention + costs.logits
         lines.append(
-            f"host memory needed: weights + KV {_gib(host)} + compute {_gib(compute)} "
-            f"= about {_gib(host + compute)}"
+            f"host memory needed: weights + KV {human_bytes(host)} + compute {human_bytes(compute)} "
+            f"= about {human_bytes(host + compute)}"
         )
         return "\n".join(lines) + "\n"
     for g, budget in zip(gpus, budgets, strict=True):
         lines.append(
-            f"GPU {g.index} {g.name}: free {_gib(g.free_memory)} - reserve "
-            f"{_gib(g.free_memory - budget if budget else g.free_memory)} = usable {_gib(budget)}"
+            f"GPU {g.index} {g.name}: free {human_bytes(g.free_memory)} - reserve "
+            f"{human_bytes(g.free_memory - budget if budget else g.free_memory)} = usable {human_bytes(budget)}"
         )
     for d in devices:
         lines.append(
             f"  GPU {d.index}: {d.layers} layer(s){' incl. output' if d.holds_output else ''}: "
-            f"weights {_gib(d.weights_bytes)} + KV {_gib(d.kv_bytes)} + compute "
-            f"{_gib(d.compute_bytes)} = {_gib(d.total_bytes)} of {_gib(d.free_memory)} free"
+            f"weights {human_bytes(d.weights_bytes)} + KV {human_bytes(d.kv_bytes)} + compute "
+            f"{human_bytes(d.compute_bytes)} = {human_bytes(d.total_bytes)} of {human_bytes(d.free_memory)} free"
         )
     if ngl == n_units:
         lines.append(f"result: all {n_units} layers (incl. output) on GPU: -ngl {ngl}")

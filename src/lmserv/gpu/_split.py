@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
-from lmserv._net import parse_endpoint
+from lmserv._net import normalize_endpoints
 from lmserv.errors import ConfigError, LmservError
 from lmserv.gpu._detect import GPU, detect_gpus
 from lmserv.gpu._plan import OffloadPlan, plan_offload
@@ -52,6 +52,7 @@ __all__ = [
     "arg_value",
     "auto_split",
     "check_no_conflict",
+    "check_tensor_mode",
     "default_split",
     "device_names",
     "llama_server_args",
@@ -127,24 +128,16 @@ class SplitOptions:
     def model_params(self) -> dict[str, object]:
         """The matching ``llama_model_params`` fields, for in-process bindings (``Llama``).
 
-        ``split_mode`` as the ``enum llama_split_mode`` value (none 0, layer 1, tensor 3),
-        ``main_gpu``, and ``tensor_split`` padded with zeros to ``llama_max_devices()`` (16);
-        fields left to libllama's defaults are absent. ``devices`` are not included: they are
-        ``ggml_backend_dev_t`` handles the bindings look up by name
-        (``ggml_backend_dev_by_name``).
+        ``split_mode`` as the ``enum llama_split_mode`` value, ``main_gpu``, and ``tensor_split``
+        padded with zeros to ``llama_max_devices()`` (16). The mapping lives with the C
+        declarations (:func:`lmserv._bindings._split.model_params`); this method forwards to it.
 
         >>> SplitOptions("tensor", (3.0, 1.0)).model_params()["split_mode"]
         3
         """
-        out: dict[str, object] = {}
-        if self.split_mode is not None:
-            out["split_mode"] = {"none": 0, "layer": 1, "tensor": 3}[self.split_mode]
-        if self.main_gpu is not None:
-            out["main_gpu"] = self.main_gpu
-        if self.tensor_split is not None:
-            pad = MAX_TENSOR_SPLIT + 1 - len(self.tensor_split)
-            out["tensor_split"] = (*self.tensor_split, *([0.0] * pad))
-        return out
+        from lmserv._bindings._split import model_params  # the C side; loads no library
+
+        return model_params(self)
 
     @property
     def is_default(self) -> bool:
@@ -361,41 +354,63 @@ def arg_value(option: str, args: Sequence[str], env: Mapping[str, str] | None = 
     return value
 
 
+def check_tensor_mode(
+    flash_attn: str | None,
+    cache_types: Mapping[str, str | None],
+    *,
+    flash_name: str = "--flash-attn",
+) -> bool:
+    """The tensor-mode rules, once for ``LlamaServer`` and ``Llama``: raise or return.
+
+    Tensor parallelism needs flash attention and an unquantized KV cache (``f32``, ``f16``,
+    ``bf16``). ``flash_attn`` is the setting as given (``None``: unset); ``cache_types`` maps
+    the name the caller knows each cache type by (``--cache-type-k``, ``type_k``) to its ggml
+    name (``None``: unset). Raises :class:`ConfigError` naming the setting; returns whether
+    flash attention must be turned on explicitly (it was left unset or ``auto``-free).
+
+    >>> check_tensor_mode(None, {"--cache-type-k": "f16"})
+    True
+    """
+    if flash_attn is not None and flash_attn.strip().lower() not in _TRUTHY:
+        how = (
+            "is off"
+            if flash_attn.strip().lower() in _FALSEY
+            else f"is {flash_attn!r} (auto turns it off where unsupported)"
+        )
+        raise ConfigError(
+            f"split_mode='tensor' requires flash attention, but {flash_name} {how}. Use "
+            f"{flash_name} on (or leave it unset: lmserv then turns it on), or use "
+            "split_mode='layer'."
+        )
+    for name, kind in cache_types.items():
+        if kind is not None and kind.strip().lower() not in UNQUANTIZED_KV:
+            raise ConfigError(
+                f"split_mode='tensor' requires an unquantized KV cache, but {name} is {kind!r}. "
+                f"Use one of {', '.join(UNQUANTIZED_KV)} (f16 is the default), or use "
+                "split_mode='layer' to keep the quantized cache."
+            )
+    return flash_attn is None
+
+
 def tensor_mode_args(
     extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None
 ) -> list[str]:
     """Check that tensor mode can work with ``extra_args`` / ``env``; return flags to add.
 
-    Tensor mode needs flash attention and an unquantized KV cache. Raises :class:`ConfigError`
-    saying so when ``--flash-attn off`` or a quantized ``--cache-type-k/-v`` (or their
-    ``LLAMA_ARG_*`` variables) is set, rather than letting llama-server fail after loading.
+    :func:`check_tensor_mode` on what ``--flash-attn`` and ``--cache-type-k/-v`` (or their
+    ``LLAMA_ARG_*`` variables) say, rather than letting llama-server fail after loading.
     Returns ``["--flash-attn", "on"]`` when flash attention was left unset, to make it explicit.
 
     >>> tensor_mode_args([])
     ['--flash-attn', 'on']
     """
     env = os.environ if env is None else env
-    flash = arg_value("flash_attn", extra_args, env)
-    if flash is not None and flash.strip().lower() not in _TRUTHY:
-        how = (
-            "is off"
-            if flash.strip().lower() in _FALSEY
-            else f"is {flash!r} (auto turns it off where unsupported)"
-        )
-        raise ConfigError(
-            f"split_mode='tensor' requires flash attention, but --flash-attn {how}. Use "
-            "--flash-attn on (or leave it unset: lmserv then passes it), or use "
-            "split_mode='layer'."
-        )
-    for option, flag in (("cache_type_k", "--cache-type-k"), ("cache_type_v", "--cache-type-v")):
-        kind = arg_value(option, extra_args, env)
-        if kind is not None and kind.strip().lower() not in UNQUANTIZED_KV:
-            raise ConfigError(
-                f"split_mode='tensor' requires an unquantized KV cache, but {flag} is {kind!r}. "
-                f"Use one of {', '.join(UNQUANTIZED_KV)} (f16 is the default), or use "
-                "split_mode='layer' to keep the quantized cache."
-            )
-    return [] if flash is not None else ["--flash-attn", "on"]
+    caches = {
+        flag: arg_value(option, extra_args, env)
+        for option, flag in (("cache_type_k", "--cache-type-k"), ("cache_type_v", "--cache-type-v"))
+    }
+    unset = check_tensor_mode(arg_value("flash_attn", extra_args, env), caches)
+    return ["--flash-attn", "on"] if unset else []
 
 
 def check_no_conflict(options: SplitOptions, extra_args: Sequence[str]) -> None:
@@ -479,25 +494,6 @@ def server_split_args(
     if mode is not None and mode.strip().lower() == "tensor":
         out += tensor_mode_args(extra_args, env)
     return out
-
-
-def normalize_endpoints(rpc: str | Sequence[str] | None) -> tuple[str, ...]:
-    """RPC endpoints as ``("host:port", ...)``: a list, or one comma-separated string.
-
-    Validates the form only (no connection); raises :class:`ConfigError` quoting a bad or
-    repeated endpoint.
-    """
-    if rpc is None:
-        return ()
-    items = rpc.split(",") if isinstance(rpc, str) else list(rpc)
-    out: list[str] = []
-    for item in items:
-        host, port = parse_endpoint(item)
-        text = f"{host}:{port}"
-        if text in out:
-            raise ConfigError(f"RPC endpoint {text!r} is listed twice; list each worker once")
-        out.append(text)
-    return tuple(out)
 
 
 def llama_server_args(

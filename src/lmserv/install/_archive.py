@@ -47,7 +47,9 @@ def extraction_target(archive: Path) -> Path:
                     "name has a stem, e.g. https://host/path/model.tar.gz"
                 )
             return archive.with_name(stem)
-    raise ValueError(f"{archive} is not a .tar.gz or .tar.zst archive")
+    raise ConfigError(
+        f"{archive} is not a .tar.gz or .tar.zst archive; name it so, or pass extract=False"
+    )
 
 
 def _inside(root: str, path: str) -> bool:
@@ -133,7 +135,9 @@ def extract_archive(archive: Path, target: Path | None = None) -> Path:
     if kind is None and target is not None and tarfile.is_tarfile(archive):
         kind = "tar"
     if kind is None:
-        raise ValueError(f"{archive} is not a .tar.gz or .tar.zst archive")
+        raise ConfigError(
+            f"{archive} is not a .tar.gz or .tar.zst archive; name it so, or pass extract=False"
+        )
     target = target or extraction_target(archive)
     tmp = target.with_name(f".{target.name}.extracting-{os.getpid()}")
     if tmp.is_symlink():  # never extract through a link planted at our temp name

@@ -37,7 +37,12 @@ import httpx
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
-from lmserv.errors import ChecksumMismatch, DownloadError, LmservError
+from lmserv.errors import (
+    ChecksumMismatch,
+    ConfigError,
+    DownloadError,
+    LmservError,
+)
 from lmserv.install import _parallel
 from lmserv.install._archive import archive_kind, extract_archive, extraction_target
 from lmserv.install._files import (
@@ -356,7 +361,7 @@ def download_file(
     dest = Path(dest)
     sha = sha256.lower() if sha256 else None
     if connections is not None and connections < 1:
-        raise ValueError(f"connections must be at least 1, got {connections}")
+        raise ConfigError(f"connections must be at least 1, got {connections}; 1 turns it off")
     is_archive = archive_kind(dest.name) is not None if extract is None else extract
     final = extraction_target(dest) if is_archive else dest
     hint = resume_hint or "call download_file again with the same arguments"

@@ -12,7 +12,6 @@ so that a full disk or a read-only folder reads as what it is and what to do abo
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -20,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import IO, Any
 
+from lmserv._fs import atomic_write
 from lmserv._units import human_bytes
 from lmserv.errors import DownloadError, InsufficientDiskSpace
 
@@ -76,23 +76,9 @@ def open_nofollow(path: Path, mode: str, buffering: int = -1) -> IO[bytes]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` atomically (temp file, then rename).
-
-    The temp file is created afresh (``O_EXCL``: a link planted at its name is not followed) and
-    removed when the write fails, so a full disk leaves no ``.tmp`` behind.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()  # a stale temp of ours, or a planted link: either way not written through
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _EXTRA, 0o644)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    """Write ``data`` as JSON to ``path`` through :func:`lmserv._fs.atomic_write` (a fresh
+    ``O_EXCL`` temp file, removed when the write fails, so a full disk leaves none behind)."""
+    atomic_write(path, json.dumps(data, indent=1))
 
 
 def filesystem_error(exc: OSError, folder: Path, kept: str) -> DownloadError:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lmserv import config
+from lmserv._fs import require_model_file
 from lmserv.errors import ConfigError, ModelNotFound
 from lmserv.install._catalog import (
     CatalogEntry,
@@ -35,6 +36,7 @@ __all__ = [
     "list_models",
     "load_catalog",
     "remove_model",
+    "resolve_model",
 ]
 
 log = logging.getLogger(__name__)
@@ -126,6 +128,50 @@ def download_models(
     ]
 
 
+def resolve_model(
+    spec: str | os.PathLike[str],
+    target_dir: str | os.PathLike[str] | None = None,
+    *,
+    pull: bool = False,
+    progress: bool | None = None,
+) -> Path:
+    """The local file for ``spec``: the one resolver behind every command and :func:`ensure_model`.
+
+    ``spec`` is, in this order: an existing file path (returned as is); a file name in the
+    models folder (``name`` or ``name.gguf``); a catalog name or alias, a URL or
+    ``hf://owner/repo/file.gguf`` (``#sha256=<hex>`` optional), found in the models folder under
+    the name a pull gives it. With ``pull=True`` a missing or unverified catalog/URL model is
+    downloaded and verified; without, it must already be there.
+
+    Raises :class:`~lmserv.errors.ModelNotFound` (also a ``FileNotFoundError``) for a path with
+    no file, an unknown name (listing close names) or, without ``pull``, a model not pulled yet;
+    :class:`~lmserv.errors.ConfigError` for a malformed URL or checksum.
+    """
+    text = os.fspath(spec)
+    folder = _folder(target_dir)
+    if not is_direct_spec(text):
+        path = Path(text).expanduser()
+        if path.is_file():
+            return path
+        has_folder = os.sep in text or "/" in text
+        if not has_folder:  # a file name in the models folder
+            for candidate in (folder / text, folder / f"{text}.gguf"):
+                if candidate.is_file():
+                    return candidate
+        if (has_folder or text.endswith(_MODEL_SUFFIXES)) and not _in_catalog(text):
+            return require_model_file(path)  # raises: nothing is there
+    resolved = parse_spec(text, load_catalog())  # ModelNotFound with close names, ConfigError
+    if pull:
+        return _fetch_spec(text, folder, load_catalog(), progress=progress, connections=None)
+    local = folder / resolved.filename
+    if local.is_file():
+        return local
+    raise ModelNotFound(
+        f"model {text!r} is not in the models folder {folder} yet (expected {local.name}); "
+        f"pull it first with `lmserv pull {text}`, or give the path of a .gguf file"
+    )
+
+
 def ensure_model(
     spec: str | os.PathLike[str],
     target_dir: str | os.PathLike[str] | None = None,
@@ -134,25 +180,13 @@ def ensure_model(
 ) -> Path:
     """A local file for ``spec``, downloading it only if needed.
 
-    ``spec`` is an existing file path (returned as is), a catalog name or alias (the verified
-    file, fetched if absent), or a URL / ``hf://owner/repo/file.gguf`` (``#sha256=<hex>``
-    optional). Default folder: :func:`lmserv.config.models_dir`.
+    ``spec`` is an existing file path (returned as is), a file name in the models folder, a
+    catalog name or alias (the verified file, fetched if absent), or a URL /
+    ``hf://owner/repo/file.gguf`` (``#sha256=<hex>`` optional). Default folder:
+    :func:`lmserv.config.models_dir`. This is :func:`resolve_model` with ``pull=True``.
     Raises :class:`ModelNotFound` for an unknown name that is not a file either.
     """
-    text = os.fspath(spec)
-    if not is_direct_spec(text):
-        path = Path(text).expanduser()
-        if path.is_file():
-            return path
-        looks_like_path = os.sep in text or "/" in text or text.endswith(_MODEL_SUFFIXES)
-        if looks_like_path and not _in_catalog(text):
-            raise ModelNotFound(
-                f"model file {text!r} does not exist; check the path, or give a catalog name "
-                "(`lmserv list`), a URL or hf://owner/repo/file.gguf"
-            )
-    folder = _folder(target_dir)
-    entries = load_catalog()
-    return _fetch_spec(text, folder, entries, progress=progress, connections=None)
+    return resolve_model(spec, target_dir, pull=True, progress=progress)
 
 
 def _in_catalog(name: str) -> bool:

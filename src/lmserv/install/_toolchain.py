@@ -26,14 +26,19 @@ __all__ = [
     "Toolchain",
     "cpu_feature_options",
     "cuda_architectures",
+    "find_cmake",
     "find_cuda",
+    "find_cxx",
     "find_nccl",
+    "find_ninja",
     "find_toolchain",
+    "nvcc_version",
 ]
 
 log = logging.getLogger(__name__)
 
 Which = Callable[[str], "str | None"]
+PypiTool = Callable[[str, str, str], "str | None"]
 
 # Used when no GPU can be queried (a build machine without a GPU). nvcc 13 dropped everything
 # before Turing; 12.8 added Blackwell (100, 120).
@@ -73,12 +78,33 @@ def _pypi_tool(module: str, attr: str, exe: str) -> str | None:
     return str(candidate) if candidate.exists() else None
 
 
+def find_cmake(
+    *, platform: str | None = None, which: Which = shutil.which, pypi_tool: PypiTool = _pypi_tool
+) -> str | None:
+    """cmake on PATH, else the one inside the PyPI ``cmake`` wheel; ``None`` when neither."""
+    exe = ".exe" if (platform or sys.platform) == "win32" else ""
+    return which("cmake") or pypi_tool("cmake", "CMAKE_BIN_DIR", "cmake" + exe)
+
+
+def find_ninja(
+    *, platform: str | None = None, which: Which = shutil.which, pypi_tool: PypiTool = _pypi_tool
+) -> str | None:
+    """ninja on PATH, else the one inside the PyPI ``ninja`` wheel; ``None`` when neither."""
+    exe = ".exe" if (platform or sys.platform) == "win32" else ""
+    return which("ninja") or pypi_tool("ninja", "BIN_DIR", "ninja" + exe)
+
+
+def find_cxx(*, which: Which = shutil.which) -> str | None:
+    """The C++ compiler a non-Windows build uses (c++, g++, clang++ on PATH), or ``None``."""
+    return which("c++") or which("g++") or which("clang++")
+
+
 def find_toolchain(
     *,
     platform: str | None = None,
     which: Which = shutil.which,
     exists: Callable[[str], bool] = os.path.exists,
-    pypi_tool: Callable[[str, str, str], str | None] = _pypi_tool,
+    pypi_tool: PypiTool = _pypi_tool,
 ) -> Toolchain:
     """Pick cmake, a generator and ccache for ``platform`` (default: this one).
 
@@ -86,10 +112,9 @@ def find_toolchain(
     """
     platform = platform or sys.platform
     win = platform == "win32"
-    exe = ".exe" if win else ""
     notes: list[str] = []
 
-    cmake = which("cmake") or pypi_tool("cmake", "CMAKE_BIN_DIR", "cmake" + exe)
+    cmake = find_cmake(platform=platform, which=which, pypi_tool=pypi_tool)
     if cmake is None:
         raise ToolchainMissing(
             "cmake was not found on PATH nor as the PyPI 'cmake' package. "
@@ -97,7 +122,7 @@ def find_toolchain(
             + ("" if win else " or your system package manager (e.g. `apt-get install cmake`)")
             + "."
         )
-    ninja = which("ninja") or pypi_tool("ninja", "BIN_DIR", "ninja" + exe)
+    ninja = find_ninja(platform=platform, which=which, pypi_tool=pypi_tool)
 
     if win:
         cl = which("cl") or which("cl.exe")
@@ -116,7 +141,7 @@ def find_toolchain(
                 "lmserv from a 'x64 Native Tools Command Prompt'."
             )
     else:
-        compiler = which("c++") or which("g++") or which("clang++")
+        compiler = find_cxx(which=which)
         if compiler is None:
             raise ToolchainMissing(
                 "no C++ compiler (c++, g++ or clang++) was found on PATH. Install one, e.g. "
@@ -157,11 +182,15 @@ def _cuda_roots(nvcc: str | None) -> list[Path]:
     return roots
 
 
-def _nvcc_version(nvcc: str) -> tuple[int, int]:
-    out = subprocess.run(
-        [nvcc, "--version"], capture_output=True, text=True, timeout=30, check=False
-    ).stdout
-    match = re.search(r"release (\d+)\.(\d+)", out)
+def nvcc_version(nvcc: str) -> tuple[int, int]:
+    """``(major, minor)`` from ``nvcc --version`` (``release 12.4``); ``(0, 0)`` if unreadable."""
+    try:
+        out = subprocess.run(
+            [nvcc, "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return (0, 0)
+    match = re.search(r"release (\d+)\.(\d+)", out or "")
     return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
 
@@ -201,7 +230,7 @@ def find_cuda(*, which: Which = shutil.which) -> CudaToolkit:
             "`lmserv build --cuda off`."
         )
     assert nvcc is not None
-    return CudaToolkit(nvcc=nvcc, version=_nvcc_version(nvcc), root=str(roots[0]))
+    return CudaToolkit(nvcc=nvcc, version=nvcc_version(nvcc), root=str(roots[0]))
 
 
 def cuda_architectures(compute_caps: list[str], nvcc_version: tuple[int, int]) -> str:

@@ -25,7 +25,8 @@ from typing import Literal
 
 from filelock import FileLock
 
-from lmserv.errors import BuildError, ToolchainMissing
+from lmserv._fs import atomic_write
+from lmserv.errors import BuildError, ConfigError, ToolchainMissing
 from lmserv.gpu import cuda_compute_capabilities
 from lmserv.install import _source, _toolchain
 from lmserv.install._source import PINNED_COMMIT, SourceTree
@@ -345,9 +346,9 @@ def build_llama_cpp(
     :class:`~lmserv.errors.BuildError` (with the log path and its last lines).
     """
     if cuda not in (True, False, "auto"):
-        raise ValueError(f"cuda must be True, False or 'auto', not {cuda!r}")
+        raise ConfigError(f"cuda must be True, False or 'auto', not {cuda!r}")
     if jobs is not None and jobs < 1:
-        raise ValueError(f"jobs must be a positive number, not {jobs!r}")
+        raise ConfigError(f"jobs must be a positive number, not {jobs!r}")
     platform = sys.platform
     work = Path(output_dir).expanduser().resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -463,9 +464,7 @@ def build_llama_cpp(
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         # The stamp is written last and atomically: it is the "build complete" marker.
-        tmp = build_dir / (_STAMP + ".tmp")
-        tmp.write_text(json.dumps(stamp_data, indent=2))
-        os.replace(tmp, build_dir / _STAMP)
+        atomic_write(build_dir / _STAMP, json.dumps(stamp_data, indent=2))
         log.info(
             "built llama.cpp %s in %.0f s into %s",
             tree.commit[:12],

@@ -1,20 +1,19 @@
 """The model catalog and verified downloads: names, URLs and ``hf://`` specs to local files.
 
 The implementation lives in :mod:`lmserv.install._models` (so that running this module with
-``-m`` does not find it already imported by the package). Command line, the seed interface::
+``-m`` does not find it already imported by the package). The command line is the seed
+interface, kept as a thin entry point onto ``lmserv pull`` / ``list`` / ``rm``: the same
+options, messages and exit codes::
 
-    python -m lmserv.install.models_fetch NAME... --target models/
+    python -m lmserv.install.models_fetch NAME... --target models/   # = lmserv pull NAME... --dir
+    python -m lmserv.install.models_fetch list                      # = lmserv list
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from lmserv.errors import LmservError
 from lmserv.install._catalog import CatalogEntry, load_catalog
 from lmserv.install._models import (
     LocalModel,
@@ -35,29 +34,24 @@ __all__ = [
     "remove_model",
 ]
 
+_SUBCOMMANDS = ("pull", "list", "rm")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lmserv.install.models_fetch NAME... --target DIR``: download and print paths."""
-    parser = argparse.ArgumentParser(
-        prog="python -m lmserv.install.models_fetch",
-        description="Download catalog models (or URLs / hf:// specs), verified.",
-    )
-    parser.add_argument("names", nargs="+", metavar="NAME", help="catalog name, URL or hf:// spec")
-    parser.add_argument("--target", type=Path, default=None, help="folder for the models")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        paths = download_models(args.names, args.target, progress=False if args.quiet else None)
-    except LmservError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    for path in paths:
-        print(path)
-    return 0
+    """Run ``lmserv pull`` (or ``list``/``rm`` when named first) with these arguments.
+
+    ``--target DIR`` is the seed's name for ``--dir DIR``.
+    """
+    from lmserv.cli import main as cli_main  # the command line sits above install/
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    args = [
+        "--dir" if a == "--target" else "--dir=" + a[9:] if a.startswith("--target=") else a
+        for a in args
+    ]
+    if not args or args[0] not in _SUBCOMMANDS:
+        args.insert(0, "pull")
+    return cli_main(args)
 
 
 if __name__ == "__main__":
