@@ -50,7 +50,10 @@ def require_model_file(path: str | os.PathLike[str]) -> Path:
     Raises :class:`~lmserv.errors.ModelNotFound` (a ``FileNotFoundError`` too) when nothing is
     there, and :class:`~lmserv.errors.InvalidModelFile` when it is not a file (a folder).
     """
-    p = Path(path).expanduser()
+    try:
+        p = Path(path).expanduser()
+    except RuntimeError:  # ~user naming nobody here
+        p = Path(path)
     if not p.exists():
         raise ModelNotFound(
             f"model file {str(p)!r} does not exist; check the path, or give a catalog name "

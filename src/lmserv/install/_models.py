@@ -72,7 +72,11 @@ class LocalModel:
 
 
 def _folder(target_dir: str | os.PathLike[str] | None) -> Path:
-    return Path(target_dir).expanduser() if target_dir is not None else config.models_dir()
+    return (
+        config.expand_path(os.fspath(target_dir), what="target_dir")
+        if target_dir is not None
+        else config.models_dir()
+    )
 
 
 def _fetch_spec(
@@ -150,7 +154,7 @@ def resolve_model(
     text = os.fspath(spec)
     folder = _folder(target_dir)
     if not is_direct_spec(text):
-        path = Path(text).expanduser()
+        path = config.expand_path(text, what="model")
         if path.is_file():
             return path
         has_folder = os.sep in text or "/" in text

@@ -264,7 +264,7 @@ def get_source(source: str | os.PathLike[str] | None, ref: str | None, work: Pat
     text = os.fspath(source)
     if text == "pypi":
         return _from_pypi(work, wanted)
-    path = Path(text).expanduser()
+    path = config.expand_path(text, what="source")
     if path.is_dir():
         tree = _llama_root(path)
         if tree is None:

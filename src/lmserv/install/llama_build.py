@@ -25,6 +25,7 @@ from typing import Literal
 
 from filelock import FileLock
 
+from lmserv import config
 from lmserv._fs import atomic_write
 from lmserv.errors import BuildError, ConfigError, ToolchainMissing
 from lmserv.gpu import cuda_compute_capabilities
@@ -350,7 +351,7 @@ def build_llama_cpp(
     if jobs is not None and jobs < 1:
         raise ConfigError(f"jobs must be a positive number, not {jobs!r}")
     platform = sys.platform
-    work = Path(output_dir).expanduser().resolve()
+    work = config.expand_path(os.fspath(output_dir), what="output_dir").resolve()
     work.mkdir(parents=True, exist_ok=True)
     toolchain = _toolchain.find_toolchain()
     cuda_kit = _resolve_cuda(cuda)
