@@ -349,7 +349,9 @@ def test_a_planted_link_is_never_written_through(
     assert victim.read_text() == "precious"
 
 
-def test_a_link_at_a_temp_name_is_replaced_not_followed(server: FileServer, tmp_path: Path) -> None:
+def test_a_link_at_a_temp_name_is_not_followed(server: FileServer, tmp_path: Path) -> None:
+    # Temp files get fresh unpredictable names (mkstemp, O_EXCL), so a link planted where a
+    # fixed "NAME.tmp" would be is never opened: it stays as it was, and no temp file is left.
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     models = tmp_path / "models"
@@ -359,7 +361,8 @@ def test_a_link_at_a_temp_name_is_replaced_not_followed(server: FileServer, tmp_
     tmp.symlink_to(victim)
     download_file(server.url("/model.gguf"), dest, sha256=OLD_SHA, **FAST)
     assert victim.read_text() == "precious"
-    assert not tmp.exists() and not tmp.is_symlink()
+    assert tmp.is_symlink()  # not ours: left alone, never written through
+    assert sorted(p.name for p in models.glob("*.tmp")) == [tmp.name]
     assert is_verified(dest, OLD_SHA)
 
 
