@@ -163,10 +163,11 @@ def test_generation_stops_when_the_context_is_full(counting_model: Path) -> None
 def test_complete_reports_usage(llm: Llama) -> None:
     done = llm.complete(COUNTING_PROMPT, temperature=0)
     assert isinstance(done, Completion)  # the same type the HTTP client returns
-    assert (done.text, done.prompt_tokens, done.completion_tokens) == (COUNTING_CONTINUATION, 3, 8)
+    # Eight words and </s>: the end-of-generation token counts, as llama-server counts it.
+    assert (done.text, done.prompt_tokens, done.completion_tokens) == (COUNTING_CONTINUATION, 3, 9)
     assert (done.finish_reason, done.stop_type) == ("stop", "eos")
     assert done.model == "counting.gguf"
-    assert done.timings is not None and done.timings.predicted_tokens == 8
+    assert done.timings is not None and done.timings.predicted_tokens == 9
     assert done.timings.prompt_ms > 0 and done.timings.predicted_ms > 0
     short = llm.complete(COUNTING_PROMPT, temperature=0, max_tokens=3)
     assert (short.finish_reason, short.stop_type, short.completion_tokens) == ("length", "limit", 3)

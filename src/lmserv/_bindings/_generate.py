@@ -179,6 +179,7 @@ class Decoder:
                     token = pick()
                     if is_eog(vocab, token) and not sampling.ignore_eos:
                         tally.stop_type = "eos"
+                        tally.completion_tokens = produced + 1  # counted, as llama-server does
                         break
                     produced += 1
                     tally.completion_tokens = produced
