@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from _helpers import llama_server_pids
-from lmserv import Client, ConfigError
+from lmserv import Client, ConfigError, ModelNotFound
 from lmserv._process import free_port
 from lmserv.install import LlamaBuild
 from lmserv.testing import COUNTING_CONTINUATION, COUNTING_PROMPT
@@ -33,7 +33,7 @@ from lmserv.testing import COUNTING_CONTINUATION, COUNTING_PROMPT
 ray = pytest.importorskip("ray", reason="Ray is in the test extra: pip install -e '.[test]'")
 from ray import serve  # noqa: E402
 
-from lmserv.ray import REPLICA_HEADER, deployment  # noqa: E402
+from lmserv.ray import REPLICA_HEADER, deployment, run  # noqa: E402
 
 THREADS = ("-t", "1")  # two replicas share two cores
 # Every wait below is generous: the machine is shared, and Ray's start-up and health checks
@@ -110,7 +110,7 @@ def counting_app(cluster: Cluster, model: Path) -> str:
     app = deployment(
         model, num_replicas=2, ray_actor_options=cluster.actor_options, extra_args=THREADS
     )
-    serve.run(app, name="counting", route_prefix="/")
+    run(app, name="counting", route_prefix="/")
     return cluster.url
 
 
@@ -178,7 +178,7 @@ def test_embeddings(cluster: Cluster, model: Path) -> None:
         ray_actor_options=cluster.actor_options,
         extra_args=(*THREADS, "--embeddings", "--pooling", "mean"),
     )
-    serve.run(app, name="embed", route_prefix="/embed")
+    run(app, name="embed", route_prefix="/embed")
     try:
         answer = httpx.post(
             f"{cluster.url}/embed/v1/embeddings", json={"input": ["one two", "three"]}, timeout=WAIT
@@ -219,11 +219,12 @@ def _app_running(name: str) -> bool:
 @pytest.mark.ray
 def test_missing_model_fails_with_a_clear_error(cluster: Cluster) -> None:
     app = deployment("no-such-model-anywhere", ray_actor_options=cluster.actor_options)
-    with pytest.raises(RuntimeError) as failed:
-        serve.run(app, name="missing", route_prefix="/missing")
+    with pytest.raises(ModelNotFound) as failed:  # raised in the replica, again here
+        run(app, name="missing", route_prefix="/missing")
     message = str(failed.value)
-    assert "ModelNotFound" in message and "no-such-model-anywhere" in message
-    assert "replica on node" in message
+    assert message.startswith("Ray Serve application 'missing': replica on node ")
+    assert "model 'no-such-model-anywhere' is not in the catalog; run `lmserv list`" in message
+    assert "Traceback" not in message
     serve.delete("missing")
 
 

@@ -8,10 +8,11 @@ again here. Ray Serve does the rest: spreading requests over replicas, scaling, 
 a replica whose health check fails; this module's check fails as soon as its llama-server has
 exited, and Ray then starts a new replica (and with it a new llama-server).
 
->>> import ray                                                     # doctest: +SKIP
->>> from ray import serve
->>> from lmserv.ray import deployment
->>> serve.run(deployment("qwen2.5-0.5b-instruct", num_replicas=2))  # then POST :8000/v1/...
+>>> from lmserv.ray import deployment, run                       # doctest: +SKIP
+>>> run(deployment("qwen2.5-0.5b-instruct", num_replicas=2))  # then POST :8000/v1/...
+
+(:func:`run` is :func:`ray.serve.run` that raises a replica's own error, such as
+:class:`~lmserv.errors.ModelNotFound`, rather than Serve's "Deploying application failed".)
 
 Needs the ``ray`` extra (``pip install 'lmserv[ray]'``), and on every node of the cluster
 lmserv and a llama.cpp build (``lmserv build``, or ``LLAMA_BIN_DIR``). Importing this module
@@ -23,13 +24,15 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 import socket
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
 
-from lmserv.errors import ConfigError, LmservError, ServerError
+from lmserv import errors
+from lmserv.errors import ConfigError, LmservError, ServerError, ServerStartError
 from lmserv.install import ensure_model
 from lmserv.server import LlamaServer
 
@@ -45,7 +48,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "install it with: pip install 'lmserv[ray]'"
     ) from exc
 
-__all__ = ["REPLICA_HEADER", "ROUTES", "LlamaReplica", "deployment"]
+__all__ = ["REPLICA_HEADER", "ROUTES", "LlamaReplica", "deployment", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +119,7 @@ class LlamaReplica:
             self._server = LlamaServer(path, **server_options)
             self._server.start()
         except LmservError as exc:
-            raise _on_node(exc, node) from exc
+            raise _on_node(exc, node) from None  # Ray shows the whole chain: keep it short
         log.info("replica on %s serves %s from %s", node, path, self._server.base_url)
         self._base_url = self._server.base_url
         # Which replica answered, for people reading logs and for tests: node/llama-server pid.
@@ -271,3 +274,39 @@ def deployment(
     else:
         options["num_replicas"] = num_replicas
     return serve.deployment(**options)(LlamaReplica).bind(os.fspath(model), dict(server_options))
+
+
+# The last line of a replica's traceback in Serve's status message, when it is one of ours.
+_OUR_ERROR = re.compile(r"^lmserv\.errors\.(\w+): (.*)", re.MULTILINE)
+
+
+def run(app: Application, *, name: str = "lmserv", route_prefix: str = "/") -> None:
+    """:func:`ray.serve.run` that says why replicas failed, as the error they raised.
+
+    Serve reports a replica that cannot start as ``RuntimeError: Deploying application ...
+    failed``, with the replica's traceback only in :func:`ray.serve.status`. This raises that
+    error again on the caller's side instead: :class:`~lmserv.errors.ModelNotFound` for a model
+    missing on the replica's node, :class:`~lmserv.errors.BinaryNotFound` for a missing
+    llama.cpp build, :class:`~lmserv.errors.ServerStartError` for llama-server failing to start
+    (and for anything else, with Serve's report). Needs ``ray.init`` and ``serve.start`` first
+    when Serve's address matters; returns once every replica is up.
+    """
+    try:
+        serve.run(app, name=name, route_prefix=route_prefix)
+    except RuntimeError as exc:
+        raise _replica_error(name, str(exc)) from None
+
+
+def _replica_error(name: str, fallback: str) -> LmservError:
+    status = serve.status().applications.get(name)
+    reports = [d.message for d in status.deployments.values()] if status else []
+    for report in reports:
+        found = list(_OUR_ERROR.finditer(report))
+        if found:
+            kind, first = found[-1].group(1), found[-1].group(2)
+            rest = report[found[-1].end() :].split("\n\x1b", 1)[0].rstrip()  # Ray's own lines
+            cls = getattr(errors, kind, None)
+            if isinstance(cls, type) and issubclass(cls, LmservError):
+                return cls(f"Ray Serve application {name!r}: {first}{rest}")
+    details = "\n".join(reports) or fallback
+    return ServerStartError(f"Ray Serve could not start application {name!r}: {details}")

@@ -69,7 +69,7 @@ def serve_on_ray(
     try:
         from ray import serve
 
-        from lmserv.ray import deployment
+        from lmserv.ray import deployment, run
     except ImportError as exc:
         raise InstallError(f"--ray needs Ray Serve: {exc}") from exc
     import ray
@@ -80,12 +80,7 @@ def serve_on_ray(
     started_here = _connect(args.ray)
     try:
         serve.start(http_options={"host": host, "port": port})
-        try:
-            serve.run(app, name=APP_NAME, route_prefix="/")
-        except RuntimeError as exc:  # Serve's "Deploying application ... failed: <traceback>"
-            raise ServerStartError(
-                f"Ray Serve could not start the replicas of {model!r}: {exc}"
-            ) from exc
+        run(app, name=APP_NAME, route_prefix="/")  # a replica's error, raised here
         url = f"http://{host}:{port}"
         where = "a local Ray cluster" if started_here else f"the Ray cluster at {args.ray}"
         print(f"{args.replicas or 1} replica(s) of {model} on {where}", flush=True)
