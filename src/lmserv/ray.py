@@ -39,7 +39,6 @@ from lmserv.server import LlamaServer
 try:  # absolute imports: this is the top-level ``ray`` package, not this module
     from ray import serve
     from ray.serve import Application
-    from starlette.background import BackgroundTask
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response, StreamingResponse
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -139,8 +138,8 @@ class LlamaReplica:
     async def __call__(self, request: Request) -> Response:
         path = request.url.path
         root = request.scope.get("root_path", "")
-        if root and path.startswith(root):  # an application under a route prefix
-            path = path[len(root) :] or "/"
+        if root and (path == root or path.startswith(root.rstrip("/") + "/")):
+            path = path[len(root.rstrip("/")) :] or "/"  # an application under a route prefix
         methods = ROUTES.get(path)
         if methods is None:
             return _error(
@@ -175,10 +174,7 @@ class LlamaReplica:
         headers[REPLICA_HEADER] = self._replica_id
         if answer.headers.get("content-type", "").startswith("text/event-stream"):
             return StreamingResponse(
-                _relay(answer),
-                status_code=answer.status_code,
-                headers=headers,
-                background=BackgroundTask(answer.aclose),
+                _relay(answer), status_code=answer.status_code, headers=headers
             )
         try:
             body = await answer.aread()
@@ -217,10 +213,13 @@ class LlamaReplica:
 
 
 async def _relay(answer: httpx.Response) -> AsyncIterator[bytes]:
-    """The event stream's bytes as they arrive (a client that leaves cancels this, and closing
-    the upstream response then tells llama-server to stop generating)."""
-    async for chunk in answer.aiter_raw():
-        yield chunk
+    """The event stream's bytes as they arrive. A client that leaves cancels this; closing the
+    upstream response then drops the connection, which tells llama-server to stop generating."""
+    try:
+        async for chunk in answer.aiter_raw():
+            yield chunk
+    finally:
+        await answer.aclose()
 
 
 def deployment(
