@@ -88,7 +88,6 @@ def main() -> None:
         ray.init(
             address="local",
             include_dashboard=False,
-            _node_ip_address="127.0.0.1",
             _temp_dir=tmp + "/ray",
             log_to_driver=False,
         )

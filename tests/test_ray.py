@@ -1,7 +1,8 @@
 """Replicas on Ray Serve (lmserv.ray) with a real local Ray cluster and real llama-servers.
 
 One small cluster serves the whole module (Ray takes tens of seconds to start on two busy
-cores): 2 CPUs, no dashboard, on 127.0.0.1, its session files under a folder of its own so
+cores): 2 CPUs, no dashboard, Serve's proxy on 127.0.0.1 (Ray's own ports take the node's
+address: Ray turns 127.0.0.1 into it, and guards them with a token), its session files under a folder of its own so
 that the last test can tell its processes from anyone else's. The tests run in file order;
 the last one shuts the cluster down and checks that nothing of it is left.
 """
@@ -82,7 +83,6 @@ def cluster(llama_build: LlamaBuild) -> Iterator[Cluster]:
         address="local",  # never a cluster someone else started on this machine
         num_cpus=2,
         include_dashboard=False,
-        _node_ip_address="127.0.0.1",
         _temp_dir=temp_dir,
         log_to_driver=False,
     )

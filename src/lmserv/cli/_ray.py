@@ -1,14 +1,15 @@
 """``lmserv serve MODEL --ray [ADDRESS] --replicas N``: replicas on a Ray cluster (issue 15).
 
 ``ADDRESS`` ``auto`` (the default) joins the Ray cluster this machine belongs to (``RAY_ADDRESS``
-or the one ``ray start`` made) and otherwise starts a local one, bound to 127.0.0.1, that stops
-with the command. The application is deleted from the cluster on Ctrl-C; a cluster that was
-already there keeps running.
+or the one ``ray start`` made) and otherwise starts a local one that stops with the command.
+Serve's HTTP proxy binds ``--host`` (default 127.0.0.1). Ctrl-C or SIGTERM deletes the
+application; a cluster that was already there keeps running.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import time
 from typing import Any
 
@@ -50,9 +51,10 @@ def _connect(address: str) -> bool:
         ray.init(address="auto", log_to_driver=False)
         return False
     except ConnectionError:
-        # No cluster: a local one, on loopback only, without the dashboard (a web UI with job
-        # submission that nobody asked for).
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+        # No cluster: a local one, without the dashboard (a web UI with job submission that
+        # nobody asked for). Ray's own ports take the node's address, never loopback (Ray
+        # resolves 127.0.0.1 to it); Ray 2.60 guards them with a token (~/.ray/auth_token).
+        ray.init(include_dashboard=False, log_to_driver=False)
         return True
 
 
@@ -78,6 +80,8 @@ def serve_on_ray(
     port = port or _DEFAULT_PORT
     print(f"connecting to Ray ({args.ray})...", flush=True)
     started_here = _connect(args.ray)
+    # ray.init makes SIGTERM exit on the spot (sys.exit); stop as on Ctrl-C instead.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         serve.start(http_options={"host": host, "port": port})
         run(app, name=APP_NAME, route_prefix="/")  # a replica's error, raised here

@@ -160,7 +160,6 @@ def _serve(args: argparse.Namespace) -> int:
     ).server
     port = settings.port or None  # 0 and None both mean a free port
     if args.ray is not None:  # replicas on Ray Serve (issue 15)
-        _sigterm_as_interrupt()
         return serve_on_ray(
             args,
             _replica_model(args.model),
