@@ -24,17 +24,15 @@ from typing import Any
 
 import httpx
 import pytest
+import ray  # in the test extra, so these tests run everywhere the suite does
+from ray import serve
 
 from _helpers import llama_server_pids
 from lmserv import Client, ConfigError, ModelNotFound
 from lmserv._process import free_port
 from lmserv.install import LlamaBuild
+from lmserv.ray import REPLICA_HEADER, deployment, run
 from lmserv.testing import COUNTING_CONTINUATION, COUNTING_PROMPT
-
-ray = pytest.importorskip("ray", reason="Ray is in the test extra: pip install -e '.[test]'")
-from ray import serve  # noqa: E402
-
-from lmserv.ray import REPLICA_HEADER, deployment, run  # noqa: E402
 
 THREADS = ("-t", "1")  # two replicas share two cores
 # Every wait below is generous: the machine is shared, and Ray's start-up and health checks
@@ -213,7 +211,7 @@ def test_killed_llama_server_is_replaced(counting_app: str, model_dir: Path) -> 
 
 def _app_running(name: str) -> bool:
     status = serve.status().applications.get(name)
-    return status is not None and str(status.status) == "RUNNING"
+    return status is not None and status.status == "RUNNING"
 
 
 @pytest.mark.ray
