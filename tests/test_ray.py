@@ -133,6 +133,13 @@ def test_bad_options_fail_before_anything_starts(model: Path) -> None:
         deployment(model, ctx_sise=512)
 
 
+def test_replicas_without_ray_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from lmserv.cli import main
+
+    assert main(["serve", "counting", "--replicas", "2"]) == 2
+    assert "--replicas 2 needs --ray" in capsys.readouterr().err
+
+
 # -- a real cluster ---------------------------------------------------------------------------
 @pytest.mark.ray
 def test_two_replicas_answer_32_concurrent_requests(counting_app: str, model_dir: Path) -> None:
