@@ -15,8 +15,15 @@ from typing import Any
 
 from lmserv import config
 from lmserv._inputs import check_base_url, check_text
-from lmserv.cli._common import int_arg, positive_int, resolve_model, sigterm_as_interrupt
+from lmserv.cli._common import (
+    COUNTING,
+    int_arg,
+    positive_int,
+    resolve_model,
+    sigterm_as_interrupt,
+)
 from lmserv.cli._distributed import add_distributed_options, distributed_kwargs
+from lmserv.cli._ray import add_ray_options, serve_on_ray
 from lmserv.client import ChatCompletion, Client, TextStream
 from lmserv.errors import ConfigError
 from lmserv.server import LlamaServer
@@ -53,16 +60,28 @@ def _server_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _make_server(args: argparse.Namespace, **kwargs: Any) -> LlamaServer:
-    return LlamaServer(
-        resolve_model(args.model, pull=True),
-        n_ctx=args.ctx_size,
-        n_gpu_layers=args.n_gpu_layers,
-        parallel=args.parallel,
-        extra_args=shlex.split(args.server_args),
+def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """LlamaServer's keyword arguments from the shared server options (also a Ray replica's)."""
+    return {
+        "n_ctx": args.ctx_size,
+        "n_gpu_layers": args.n_gpu_layers,
+        "parallel": args.parallel,
+        "extra_args": shlex.split(args.server_args),
         **distributed_kwargs(args),
-        **kwargs,
-    )
+    }
+
+
+def _make_server(args: argparse.Namespace, **kwargs: Any) -> LlamaServer:
+    return LlamaServer(resolve_model(args.model, pull=True), **_server_kwargs(args), **kwargs)
+
+
+def _replica_model(spec: str | None) -> str:
+    """``counting`` and local files are resolved here (so on one machine, or on a shared
+    filesystem); catalog names and URLs are passed on, for each replica to fetch on its node."""
+    spec = spec or config.load_settings().models.default or COUNTING
+    if spec == COUNTING or config.expand_path(spec, what="model").is_file():
+        return str(resolve_model(spec, pull=False))
+    return spec
 
 
 def _server_url(text: str) -> str:
@@ -97,6 +116,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--api-key", default=None, help="require this key (Authorization: Bearer); see [server]"
     )
     _server_options(p)
+    add_ray_options(p)
     p.set_defaults(func=_serve)
 
     for name, helptext in (
@@ -148,6 +168,17 @@ def _serve(args: argparse.Namespace) -> int:
         }
     ).server
     port = settings.port or None  # 0 and None both mean a free port
+    if args.ray is not None:  # replicas on Ray Serve (issue 15)
+        return serve_on_ray(
+            args,
+            _replica_model(args.model),
+            {**_server_kwargs(args), "api_key": settings.api_key},
+            host=settings.host,
+            port=port,
+        )
+    if args.replicas is not None:
+        print(f"lmserv: error: --replicas {args.replicas} needs --ray", file=sys.stderr)
+        return 2  # a usage error
     server = _make_server(args, host=settings.host, port=port, api_key=settings.api_key)
     sigterm_as_interrupt()
     try:
