@@ -168,10 +168,10 @@ def _with_facts(info: ServerInfo, facts: StartFacts, n_gpu_layers: int | str) ->
     )
 
 
-def _http_get(base_url: str, path: str, headers: dict[str, str] | None = None) -> int:
+def _http_get(base_url: str, path: str) -> int:
     """Status of ``GET path``; the stdlib client, because an ``httpx.Client`` costs tens of
     milliseconds to create (its TLS context) and start-up time is what we are measuring."""
-    return _http_get_body(base_url, path, headers)[0]
+    return _http_get_body(base_url, path)[0]
 
 
 def _http_get_body(
