@@ -32,6 +32,11 @@ from lmserv.install import LlamaBuild
 pytestmark = pytest.mark.slow
 
 N_CTX = 512
+THREADS = 2
+# A server slot reuses the KV cache of the previous prompt's common prefix and decodes only the
+# rest: other batch shapes, last-bit differences, and on a near tie another greedy token. Each
+# request here is decoded from scratch, as in-process.
+FRESH = {"cache_prompt": False}
 PROMPTS = {
     "english": "Q: What is the capital of France?\nA:",
     "code": "def fibonacci(n):\n    ",
@@ -53,7 +58,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def llm(gemma_model: Path, llama_build: LlamaBuild) -> Iterator[Llama]:
-    with Llama(gemma_model, n_ctx=N_CTX, seed=0) as model:
+    with Llama(gemma_model, n_ctx=N_CTX, n_threads=THREADS, seed=0) as model:
         yield model
 
 
@@ -61,7 +66,9 @@ def llm(gemma_model: Path, llama_build: LlamaBuild) -> Iterator[Llama]:
 def server(gemma_model: Path, llama_build: LlamaBuild) -> Iterator[LlamaServer]:
     # One slot of N_CTX: every request decodes like the in-process Llama, and the context limit
     # is the same on both sides.
-    with LlamaServer(gemma_model, ctx_size=N_CTX, parallel=1) as srv:
+    with LlamaServer(
+        gemma_model, ctx_size=N_CTX, parallel=1, extra_args=("-t", str(THREADS))
+    ) as srv:
         yield srv
 
 
@@ -98,8 +105,8 @@ def test_greedy_parity_in_process_native_and_openai(
 ) -> None:
     prompt = PROMPTS[kind]
     local = llm.generate(prompt, max_tokens=24, temperature=0)
-    native = client.complete(prompt, max_tokens=24, temperature=0).text
-    openai = _openai_completion(server, prompt, max_tokens=24, temperature=0)
+    native = client.complete(prompt, max_tokens=24, temperature=0, **FRESH).text
+    openai = _openai_completion(server, prompt, max_tokens=24, temperature=0, extra_body=FRESH)
     assert local.strip(), f"{kind}: the model said nothing"
     assert local == native == openai, kind
 
@@ -130,12 +137,12 @@ def test_stop_strings_and_max_tokens(llm: Llama, client: Client) -> None:
     assert "\n" in free, free
     expected = free.split("\n")[0]  # a stop string ends the text before it
     local = llm.complete(prompt, max_tokens=24, temperature=0, stop=["\n"])
-    remote = client.complete(prompt, max_tokens=24, temperature=0, stop=["\n"])
+    remote = client.complete(prompt, max_tokens=24, temperature=0, stop=["\n"], **FRESH)
     assert local.text == remote.text == expected
     assert (local.finish_reason, local.stop_type) == ("stop", "word")
     assert (remote.finish_reason, remote.stop_type) == ("stop", "word")
     local = llm.complete(prompt, max_tokens=3, temperature=0)
-    remote = client.complete(prompt, max_tokens=3, temperature=0)
+    remote = client.complete(prompt, max_tokens=3, temperature=0, **FRESH)
     assert local.text == remote.text and free.startswith(local.text)
     assert local.completion_tokens == remote.completion_tokens == 3
     assert local.finish_reason == remote.finish_reason == "length"
@@ -189,7 +196,7 @@ def test_chat_without_a_template_falls_back_alike_and_says_so(
     )
     assert served.json()["prompt"] == prompt  # llama-server falls back to the same template
     local = llm.chat(messages, max_tokens=12, temperature=0)
-    remote = client.chat(messages, max_tokens=12, temperature=0)
+    remote = client.chat(messages, max_tokens=12, temperature=0, **FRESH)
     assert local == remote.content
     assert server.info.chat_template_fallback  # the server side says it too (ServerInfo, a warning)
 
