@@ -27,6 +27,7 @@ from lmserv import (
     Llama,
     LlamaError,
     LlamaParams,
+    ModelNotFound,
 )
 from lmserv._bindings._text import PieceAssembler
 from lmserv.install import LlamaBuild
@@ -312,7 +313,9 @@ def test_bad_model_files(tmp_path: Path, content: bytes | None, llama_build: Lla
     path = tmp_path / "bad.gguf"
     if content is not None:
         path.write_bytes(content)
-    with pytest.raises(InvalidModelFile, match=r"bad\.gguf"):
+    # A missing file is ModelNotFound, as from every entry point; a bad one InvalidModelFile.
+    expected = ModelNotFound if content is None else InvalidModelFile
+    with pytest.raises(expected, match=r"bad\.gguf"):
         Llama(path)
 
 

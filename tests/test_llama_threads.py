@@ -95,7 +95,7 @@ def tokens():
     start.wait()
     for _ in range(ROUNDS * 4):
         check(llm.tokenize(COUNTING_PROMPT), ids)
-        check(llm.detokenize(ids[1:]), COUNTING_PROMPT)
+        check(llm.detokenize(ids), COUNTING_PROMPT)
         check(llm.metadata, meta)
 
 def run(job):

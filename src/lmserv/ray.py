@@ -9,9 +9,9 @@ a replica whose health check fails; this module's check fails as soon as its lla
 exited, and Ray then starts a new replica (and with it a new llama-server).
 
 >>> from lmserv.ray import deployment, run                       # doctest: +SKIP
->>> run(deployment("qwen2.5-0.5b-instruct", num_replicas=2))  # then POST :8000/v1/...
+>>> run(deployment("qwen2.5-0.5b-instruct", num_replicas=2))  # doctest: +SKIP
 
-(:func:`run` is :func:`ray.serve.run` that raises a replica's own error, such as
+Then POST to ``:8000/v1/...``. (:func:`run` is :func:`ray.serve.run` that raises a replica's own error, such as
 :class:`~lmserv.errors.ModelNotFound`, rather than Serve's "Deploying application failed".)
 
 Needs the ``ray`` extra (``pip install 'lmserv[ray]'``), and on every node of the cluster

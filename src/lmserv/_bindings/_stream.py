@@ -9,7 +9,7 @@ from typing import Generic, TypeVar
 from lmserv._bindings._generate import Tally
 from lmserv._types import ChatCompletion, Completion, Timings
 
-__all__ = ["LlamaStream", "chat_completion", "completion"]
+__all__ = ["LlamaStream", "chat_completion", "completion", "holding"]
 
 R = TypeVar("R", Completion, ChatCompletion)
 
@@ -94,3 +94,13 @@ class LlamaStream(Generic[R]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def holding(owner: object, pieces: Iterator[str]) -> Iterator[str]:
+    """``pieces``, keeping ``owner`` alive while they are read.
+
+    The decoder refers to the context, not to its ``Llama``, so ``Llama(path).stream(...)``
+    would otherwise free the model under its own open stream.
+    """
+    yield from pieces
+    del owner

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import math
 import os
 import warnings
 import weakref
@@ -39,9 +38,10 @@ from lmserv import config
 from lmserv._bindings import _lib
 from lmserv._bindings import _llama_h as h
 from lmserv._bindings._chat import apply_chat_template, builtin_chat_templates
+from lmserv._bindings._embed import embed_tokens
 from lmserv._bindings._generate import Decoder, Handles, Tally
 from lmserv._bindings._split import apply_split, check_tensor_mode
-from lmserv._bindings._stream import LlamaStream, chat_completion, completion
+from lmserv._bindings._stream import LlamaStream, chat_completion, completion, holding
 from lmserv._bindings.params import GpuLayers, LlamaParams, SamplingParams, default_threads
 from lmserv._fs import require_model_file
 from lmserv._inputs import check_text
@@ -101,16 +101,6 @@ def _renamed(old: str, new: str) -> None:
 
 def _explain(problems: list[str]) -> str:
     return ("; llama.cpp said: " + " | ".join(problems[-4:])) if problems else ""
-
-
-def _holding(owner: Llama, pieces: Iterator[str]) -> Iterator[str]:
-    """``pieces``, keeping ``owner`` alive while they are read.
-
-    The decoder refers to the context, not to its ``Llama``, so ``Llama(path).stream(...)``
-    would otherwise free the model under its own open stream.
-    """
-    yield from pieces
-    del owner
 
 
 class Llama:
@@ -483,7 +473,7 @@ class Llama:
         tally = Tally()
         options = self._sampling(sampling, kwargs, "stream")
         with self._lock:
-            pieces = _holding(self, self._start(prompt, options, tally))
+            pieces = holding(self, self._start(prompt, options, tally))
         return LlamaStream(pieces, partial(completion, self._model_path.name, tally))
 
     def _start(self, prompt: str, sampling: SamplingParams, tally: Tally) -> Iterator[str]:
@@ -560,7 +550,7 @@ class Llama:
         tally = Tally()
         options = self._sampling(sampling, kwargs, "chat_stream")
         with self._lock:
-            pieces = _holding(self, self._start(self.format_chat(messages), options, tally))
+            pieces = holding(self, self._start(self.format_chat(messages), options, tally))
         return LlamaStream(pieces, partial(chat_completion, self._model_path.name, tally))
 
     # -- embeddings ----------------------------------------------------------------------------
@@ -598,28 +588,4 @@ class Llama:
                     f"the text has {len(tokens)} tokens but one embedding batch holds {limit}; "
                     "shorten it or raise n_ctx / LlamaParams(n_batch=..., n_ubatch=...)"
                 )
-            self._decoder.serial += 1
-            lib = self._lib
-            lib.llama_set_embeddings(ctx, True)
-            self._decoder.decode_prompt(ctx, tokens, all_outputs=True)
-            self._decoder.forget()
-            n_embd = self._n_embd
-            if lib.llama_pooling_type(ctx) == h.LLAMA_POOLING_TYPE_NONE:
-                rows = lib.llama_get_embeddings(ctx)
-                if not rows:  # pragma: no cover - llama.cpp always outputs them here
-                    raise LlamaError("llama.cpp returned no token embeddings")
-                flat = rows[: n_embd * len(tokens)]
-                vector = [
-                    sum(flat[r * n_embd + i] for r in range(len(tokens))) / len(tokens)
-                    for i in range(n_embd)
-                ]
-            else:
-                pooled = lib.llama_get_embeddings_seq(ctx, 0)
-                if not pooled:  # pragma: no cover
-                    raise LlamaError("llama.cpp returned no pooled embedding")
-                vector = pooled[:n_embd]
-        if normalize:
-            norm = math.sqrt(sum(v * v for v in vector))
-            if norm > 0:
-                vector = [v / norm for v in vector]
-        return vector
+            return embed_tokens(self._lib, ctx, self._decoder, tokens, self._n_embd, normalize)
