@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -23,7 +24,7 @@ from lmserv.client._responses import (
     _translate,
     error_from_response,
 )
-from lmserv.errors import ServerUnavailable
+from lmserv.errors import ModelNotServed, ServerUnavailable
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -67,9 +68,15 @@ class _Base:
     """
 
     def __init__(
-        self, base_url: str, *, api_key: str | None, timeout: float | httpx.Timeout
+        self,
+        base_url: str,
+        *,
+        api_key: str | None,
+        timeout: float | httpx.Timeout,
+        model: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.model = model  # sent as "model" when a request names none (the model service)
         if self.base_url.endswith("/v1"):  # people paste the OpenAI-style URL
             self.base_url = self.base_url[:-3]
         self.api_key = api_key
@@ -101,6 +108,33 @@ class _Base:
         ):
             return None
         return 0.1 * 2.0**attempt
+
+    def _routed(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``body`` with the client's default ``model`` unless it names one (or there is none)."""
+        if self.model is None or body.get("model") is not None:
+            return body
+        return {"model": self.model, **body}
+
+    @staticmethod
+    def _unknown_model(name: str, listing: Mapping[str, Any]) -> ModelNotServed | None:
+        """The error for a 400 from the model service when ``name`` is not among its models.
+
+        ``listing`` is its ``GET /v1/models``; only the service's entries carry ``status``, so
+        a single-model llama-server (which ignores ``model``) never gets this error.
+        """
+        rows = [row for row in listing.get("data", []) if isinstance(row, Mapping)]
+        if not rows or not all("status" in row for row in rows):
+            return None
+        names = [str(row.get("id")) for row in rows]
+        names += [str(a) for row in rows for a in row.get("aliases", ())]
+        if name in names:
+            return None
+        return ModelNotServed(
+            f"the model service has no model {name!r}; it serves: {', '.join(sorted(names))}. "
+            "Pull it with `lmserv pull NAME` (it appears without a restart) or pick one of these",
+            model=name,
+            available=tuple(sorted(names)),
+        )
 
     # -- request bodies -------------------------------------------------------------------
     @staticmethod
@@ -157,16 +191,29 @@ class _Base:
         return _EventParser[ChatCompletion](True, f"POST {_CHAT}")
 
     @staticmethod
-    def _embed_request(texts: str | Sequence[str]) -> tuple[str, dict[str, Any]]:
-        return "/v1/embeddings", {"input": [texts] if isinstance(texts, str) else list(texts)}
+    def _embed_request(
+        texts: str | Sequence[str], model: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        body = {"input": [texts] if isinstance(texts, str) else list(texts)}
+        return "/v1/embeddings", {**body, "model": model} if model else body
 
     @staticmethod
-    def _tokenize_request(text: str, add_special: bool) -> tuple[str, dict[str, Any]]:
-        return "/tokenize", {"content": text, "add_special": add_special}
+    def _tokenize_request(
+        text: str, add_special: bool, model: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        body = {"content": text, "add_special": add_special}
+        return "/tokenize", {**body, "model": model} if model else body
 
     @staticmethod
-    def _detokenize_request(ids: Sequence[int]) -> tuple[str, dict[str, Any]]:
-        return "/detokenize", {"tokens": list(ids)}
+    def _detokenize_request(
+        ids: Sequence[int], model: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        body: dict[str, Any] = {"tokens": list(ids)}
+        return "/detokenize", {**body, "model": model} if model else body
+
+    def _props_path(self, model: str | None) -> str:
+        name = model or self.model
+        return f"/props?{urllib.parse.urlencode({'model': name})}" if name else "/props"
 
     # -- response parsing -----------------------------------------------------------------
     @staticmethod
@@ -193,6 +240,12 @@ class Client(_Base):
     >>> with Client("http://127.0.0.1:8080") as client:        # doctest: +SKIP
     ...     print(client.complete("one two", temperature=0).text)
 
+    ``model`` names the model of every request that names none (``model=`` on a call wins;
+    generation methods take it with their ``**options``): one client talks to any model of
+    the model service (``lmserv serve`` without a model), which answers an unknown name with
+    :class:`~lmserv.errors.ModelNotServed` listing the names it has. A single-model server
+    ignores it.
+
     Every method raises :class:`~lmserv.errors.APIError` subclasses: the status's class with
     the server's message, or :class:`~lmserv.errors.ServerUnavailable` when the server is not
     reachable, still loading, or drops the connection. Sampling arguments left ``None`` take
@@ -205,8 +258,9 @@ class Client(_Base):
         *,
         api_key: str | None = None,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        model: str | None = None,
     ) -> None:
-        super().__init__(base_url, api_key=api_key, timeout=timeout)
+        super().__init__(base_url, api_key=api_key, timeout=timeout, model=model)
         self._http = httpx.Client(
             base_url=self.base_url, headers=self._headers, timeout=self.timeout
         )
@@ -227,19 +281,34 @@ class Client(_Base):
 
     def _post(self, path: str, body: Mapping[str, Any]) -> Any:
         where = f"POST {path}"
+        body = self._routed(body)
         with _translate(self.base_url, where, self.timeout):
-            return self._checked(self._http.post(path, json=body), where).json()
+            response = self._http.post(path, json=body)
+        self._check_model(response, body)
+        return self._checked(response, where).json()
+
+    def _check_model(self, response: httpx.Response, body: Mapping[str, Any]) -> None:
+        """Raise :class:`ModelNotServed` when the service refused an unknown model."""
+        if response.status_code == 400 and body.get("model") is not None:
+            listing: Any = {}
+            with contextlib.suppress(Exception):  # no listing: the plain 400 is raised instead
+                listing = self._http.get("/v1/models").json()
+            error = self._unknown_model(str(body["model"]), listing)
+            if error is not None:
+                raise error
 
     def _open_stream(
         self, path: str, body: Mapping[str, Any], parser: _EventParser[R]
     ) -> TextStream[R]:
         where = f"POST {path}"
+        body = self._routed(body)
         with _translate(self.base_url, where, self.timeout):
             request = self._http.build_request("POST", path, json=body)
             response = self._http.send(request, stream=True)
             if response.status_code >= 400:
                 response.read()
                 response.close()
+                self._check_model(response, body)
                 self._checked(response, where)
         return TextStream(response, parser, self.base_url, self.timeout)
 
@@ -248,13 +317,37 @@ class Client(_Base):
         """``GET /health``: ``{"status": "ok"}``; raises ``ServerUnavailable`` while loading."""
         return dict(self._get("/health").json())
 
-    def props(self) -> dict[str, Any]:
-        """``GET /props``: the server's settings (``total_slots``, ``model_path``, ...)."""
-        return dict(self._get("/props").json())
+    def props(self, *, model: str | None = None) -> dict[str, Any]:
+        """``GET /props``: the server's settings (``total_slots``, ``model_path``, ...).
+
+        From the model service, the settings of ``model`` (default: the client's ``model``).
+        """
+        return dict(self._get(self._props_path(model)).json())
 
     def models(self) -> list[dict[str, Any]]:
-        """``GET /v1/models``: the loaded model(s), OpenAI style."""
+        """``GET /v1/models``: the loaded model(s), OpenAI style.
+
+        The model service lists every model it can serve, each with ``status.value``
+        (``"loaded"``, ``"loading"``, ``"sleeping"``, ``"unloaded"``) and its ``aliases``.
+        """
         return self._models_result(self._get("/v1/models").json())
+
+    def load(self, name: str) -> None:
+        """Model service: start loading model ``name`` now (``POST /models/load``).
+
+        Returns once its instance is starting; requests for it wait until it is ready
+        (:meth:`lmserv.service.ModelService.load` waits too). Raises
+        :class:`~lmserv.errors.ModelNotServed` for an unknown name and
+        :class:`~lmserv.errors.BadRequestError` when it is already loaded.
+        """
+        self._post("/models/load", {"model": name})
+
+    def unload(self, name: str) -> None:
+        """Model service: unload model ``name`` now (``POST /models/unload``).
+
+        Raises :class:`~lmserv.errors.BadRequestError` when it is not loaded.
+        """
+        self._post("/models/unload", {"model": name})
 
     def metrics(self) -> dict[str, float]:
         """``GET /metrics`` parsed to ``{name: value}`` (the server needs ``--metrics``)."""
@@ -332,21 +425,23 @@ class Client(_Base):
         )
         return self._open_stream(*request, self._chat_events())
 
-    def embed(self, texts: str | Sequence[str]) -> list[list[float]]:
+    def embed(self, texts: str | Sequence[str], *, model: str | None = None) -> list[list[float]]:
         """One embedding per text, on ``POST /v1/embeddings``.
 
         The server must run with ``--embeddings`` and a pooling type (``--pooling mean``
         for models without one); otherwise this raises the server's error.
         """
-        return self._embed_result(self._post(*self._embed_request(texts)))
+        return self._embed_result(self._post(*self._embed_request(texts, model)))
 
-    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+    def tokenize(
+        self, text: str, *, add_special: bool = False, model: str | None = None
+    ) -> list[int]:
         """Token ids of ``text`` (``add_special`` also adds BOS as a prompt would)."""
-        return self._tokenize_result(self._post(*self._tokenize_request(text, add_special)))
+        return self._tokenize_result(self._post(*self._tokenize_request(text, add_special, model)))
 
-    def detokenize(self, ids: Sequence[int]) -> str:
+    def detokenize(self, ids: Sequence[int], *, model: str | None = None) -> str:
         """The text of token ``ids``."""
-        return self._detokenize_result(self._post(*self._detokenize_request(ids)))
+        return self._detokenize_result(self._post(*self._detokenize_request(ids, model)))
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -372,8 +467,9 @@ class AsyncClient(_Base):
         *,
         api_key: str | None = None,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        model: str | None = None,
     ) -> None:
-        super().__init__(base_url, api_key=api_key, timeout=timeout)
+        super().__init__(base_url, api_key=api_key, timeout=timeout, model=model)
         self._http = httpx.AsyncClient(
             base_url=self.base_url, headers=self._headers, timeout=self.timeout
         )
@@ -393,19 +489,34 @@ class AsyncClient(_Base):
 
     async def _post(self, path: str, body: Mapping[str, Any]) -> Any:
         where = f"POST {path}"
+        body = self._routed(body)
         with _translate(self.base_url, where, self.timeout):
-            return self._checked(await self._http.post(path, json=body), where).json()
+            response = await self._http.post(path, json=body)
+        await self._check_model(response, body)
+        return self._checked(response, where).json()
+
+    async def _check_model(self, response: httpx.Response, body: Mapping[str, Any]) -> None:
+        """See :meth:`Client._check_model`."""
+        if response.status_code == 400 and body.get("model") is not None:
+            listing: Any = {}
+            with contextlib.suppress(Exception):
+                listing = (await self._http.get("/v1/models")).json()
+            error = self._unknown_model(str(body["model"]), listing)
+            if error is not None:
+                raise error
 
     async def _open_stream(
         self, path: str, body: Mapping[str, Any], parser: _EventParser[R]
     ) -> AsyncTextStream[R]:
         where = f"POST {path}"
+        body = self._routed(body)
         with _translate(self.base_url, where, self.timeout):
             request = self._http.build_request("POST", path, json=body)
             response = await self._http.send(request, stream=True)
             if response.status_code >= 400:
                 await response.aread()
                 await response.aclose()
+                await self._check_model(response, body)
                 self._checked(response, where)
         return AsyncTextStream(response, parser, self.base_url, self.timeout)
 
@@ -413,13 +524,21 @@ class AsyncClient(_Base):
         """See :meth:`Client.health`."""
         return dict((await self._get("/health")).json())
 
-    async def props(self) -> dict[str, Any]:
+    async def props(self, *, model: str | None = None) -> dict[str, Any]:
         """See :meth:`Client.props`."""
-        return dict((await self._get("/props")).json())
+        return dict((await self._get(self._props_path(model))).json())
 
     async def models(self) -> list[dict[str, Any]]:
         """See :meth:`Client.models`."""
         return self._models_result((await self._get("/v1/models")).json())
+
+    async def load(self, name: str) -> None:
+        """See :meth:`Client.load`."""
+        await self._post("/models/load", {"model": name})
+
+    async def unload(self, name: str) -> None:
+        """See :meth:`Client.unload`."""
+        await self._post("/models/unload", {"model": name})
 
     async def metrics(self) -> dict[str, float]:
         """See :meth:`Client.metrics`."""
@@ -497,17 +616,23 @@ class AsyncClient(_Base):
         )
         return await self._open_stream(*request, self._chat_events())
 
-    async def embed(self, texts: str | Sequence[str]) -> list[list[float]]:
+    async def embed(
+        self, texts: str | Sequence[str], *, model: str | None = None
+    ) -> list[list[float]]:
         """See :meth:`Client.embed`."""
-        return self._embed_result(await self._post(*self._embed_request(texts)))
+        return self._embed_result(await self._post(*self._embed_request(texts, model)))
 
-    async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+    async def tokenize(
+        self, text: str, *, add_special: bool = False, model: str | None = None
+    ) -> list[int]:
         """See :meth:`Client.tokenize`."""
-        return self._tokenize_result(await self._post(*self._tokenize_request(text, add_special)))
+        return self._tokenize_result(
+            await self._post(*self._tokenize_request(text, add_special, model))
+        )
 
-    async def detokenize(self, ids: Sequence[int]) -> str:
+    async def detokenize(self, ids: Sequence[int], *, model: str | None = None) -> str:
         """See :meth:`Client.detokenize`."""
-        return self._detokenize_result(await self._post(*self._detokenize_request(ids)))
+        return self._detokenize_result(await self._post(*self._detokenize_request(ids, model)))
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
