@@ -513,12 +513,11 @@ class ModelService:
             model = self._find(model.name)
             if model.state == "loaded":
                 return model
-            if model.state in ("failed", "unloaded") and model.state != "loading":
-                if model.state == "failed":
-                    raise ServerStartError(
-                        f"model {name!r} failed to load in the model service; last log "
-                        f"lines ({self.log_path}):\n{self.log_tail(15)}"
-                    )
+            if model.state == "failed":
+                raise ServerStartError(
+                    f"model {name!r} failed to load in the model service; last log "
+                    f"lines ({self.log_path}):\n{self.log_tail(15)}"
+                )
             if time.monotonic() > deadline:
                 raise ServerTimeout(f"model {name!r} was not loaded within the timeout")
             time.sleep(0.02)

@@ -122,7 +122,8 @@ class _Base:
         ``listing`` is its ``GET /v1/models``; only the service's entries carry ``status``, so
         a single-model llama-server (which ignores ``model``) never gets this error.
         """
-        rows = [row for row in listing.get("data", []) if isinstance(row, Mapping)]
+        data = listing.get("data") if isinstance(listing, Mapping) else None
+        rows = [row for row in data or () if isinstance(row, Mapping)]
         if not rows or not all("status" in row for row in rows):
             return None
         names = [str(row.get("id")) for row in rows]
@@ -212,8 +213,10 @@ class _Base:
         return "/detokenize", {**body, "model": model} if model else body
 
     def _props_path(self, model: str | None) -> str:
+        # autoload=false: asking about a model must not load it (or keep it from idling)
         name = model or self.model
-        return f"/props?{urllib.parse.urlencode({'model': name})}" if name else "/props"
+        query = urllib.parse.urlencode({"model": name, "autoload": "false"}) if name else ""
+        return f"/props?{query}" if query else "/props"
 
     # -- response parsing -----------------------------------------------------------------
     @staticmethod
@@ -289,7 +292,7 @@ class Client(_Base):
 
     def _check_model(self, response: httpx.Response, body: Mapping[str, Any]) -> None:
         """Raise :class:`ModelNotServed` when the service refused an unknown model."""
-        if response.status_code == 400 and body.get("model") is not None:
+        if response.status_code in (400, 404) and body.get("model") is not None:
             listing: Any = {}
             with contextlib.suppress(Exception):  # no listing: the plain 400 is raised instead
                 listing = self._http.get("/v1/models").json()
@@ -320,7 +323,8 @@ class Client(_Base):
     def props(self, *, model: str | None = None) -> dict[str, Any]:
         """``GET /props``: the server's settings (``total_slots``, ``model_path``, ...).
 
-        From the model service, the settings of ``model`` (default: the client's ``model``).
+        From the model service, the settings of loaded model ``model`` (default: the client's
+        ``model``); asking does not load it.
         """
         return dict(self._get(self._props_path(model)).json())
 
@@ -497,7 +501,7 @@ class AsyncClient(_Base):
 
     async def _check_model(self, response: httpx.Response, body: Mapping[str, Any]) -> None:
         """See :meth:`Client._check_model`."""
-        if response.status_code == 400 and body.get("model") is not None:
+        if response.status_code in (400, 404) and body.get("model") is not None:
             listing: Any = {}
             with contextlib.suppress(Exception):
                 listing = (await self._http.get("/v1/models")).json()
