@@ -29,6 +29,7 @@ def env(llama_build: LlamaBuild, tmp_path: Path) -> Iterator[dict[str, str]]:
     Afterwards no llama-server (router or instance) from ``tmp_path`` may be left running.
     """
     write_counting_model(tmp_path / "data" / "models" / "counting.gguf")
+    (tmp_path / "config.toml").write_text("")
     yield {
         **os.environ,
         "PYTHONPATH": str(SRC),
@@ -52,7 +53,6 @@ def lmserv(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _start_service(env: dict[str, str], log: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
-    (Path(env["LMSERV_CONFIG"])).write_text("")
     proc = subprocess.Popen(
         [sys.executable, "-m", "lmserv", "serve", *args],
         stdout=subprocess.PIPE,

@@ -50,7 +50,6 @@ from lmserv._service_state import (
 )
 from lmserv.client._client import DEFAULT_TIMEOUT, Client
 from lmserv.errors import (
-    APIError,
     BinaryNotFound,
     ModelNotServed,
     ServerError,
@@ -131,13 +130,10 @@ def served_models(
         state = _row_state(row)
         size = n_ctx = unload_in = None
         if state in _HOLDS_MEMORY:
-            meta = row.get("meta")
-            if isinstance(meta, Mapping) and isinstance(meta.get("size"), int):
-                size = int(meta["size"])
-            if state == "loaded":
-                with contextlib.suppress(APIError, KeyError, TypeError, ValueError):
-                    props = client.props(model=name)
-                    n_ctx = int(props["default_generation_settings"]["n_ctx"])
+            meta = row.get("meta")  # the instance's own /v1/models entry, once it is up
+            if isinstance(meta, Mapping):
+                size = meta.get("size") if isinstance(meta.get("size"), int) else None
+                n_ctx = meta.get("n_ctx") if isinstance(meta.get("n_ctx"), int) else None
             used = (last_used or {}).get(name)
             if keep_alive >= 0 and used is not None:
                 unload_in = max(0.0, used + keep_alive - now)
@@ -251,6 +247,10 @@ class ModelService:
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.pop("LLAMA_API_KEY", None)
+        # The router also lists llama.cpp's own download cache; point it at an empty folder so
+        # the service offers exactly the models folder.
+        assert self.preset_path is not None
+        env["LLAMA_CACHE"] = str(self.preset_path.parent / "no-cache")
         if self.api_key:
             env["LLAMA_API_KEY"] = self.api_key  # not on the command line; instances inherit it
         return env
