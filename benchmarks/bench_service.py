@@ -32,6 +32,9 @@ from lmserv import Client, LlamaServer, ModelService
 from lmserv.testing import write_counting_model
 
 PROMPT = "one two"
+# The single server runs as the service's instances do: llama-server's defaults (4 slots) and
+# its default log level (LlamaServer alone asks for -lv 4, which costs a little per request).
+SINGLE_ARGS = ("-lv", "3")
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -43,7 +46,7 @@ def _timed(fn: Callable[[], object]) -> float:
 def per_request(
     model: Path, service: ModelService, name: str, requests: int
 ) -> tuple[float, float]:
-    with LlamaServer(model, parallel=1) as single:
+    with LlamaServer(model, extra_args=SINGLE_ARGS) as single:
         direct = single.client()
         routed = service.client(model=name)
         for _ in range(20):  # warm both connections and both prompt caches
@@ -65,7 +68,7 @@ def first_request(
     model: Path, service: ModelService, name: str, rounds: int
 ) -> tuple[float, float]:
     def cold_single() -> None:
-        with LlamaServer(model, parallel=1) as single, single.client() as client:
+        with LlamaServer(model, extra_args=SINGLE_ARGS) as single, single.client() as client:
             client.complete(PROMPT, max_tokens=1, temperature=0)
 
     def cold_service() -> None:
