@@ -54,11 +54,12 @@ def per_request(
             routed.complete(PROMPT, max_tokens=1, temperature=0)
         base: list[float] = []
         ours: list[float] = []
-        for _ in range(max(1, requests // 10)):
-            for _ in range(10):
-                base.append(_timed(lambda: direct.complete(PROMPT, max_tokens=1, temperature=0)))
-            for _ in range(10):
-                ours.append(_timed(lambda: routed.complete(PROMPT, max_tokens=1, temperature=0)))
+        # One request each in turn: a pooled connection left idle for llama-server's
+        # keep-alive timeout (5 s, cpp-httplib's default) is closed under the client, which
+        # on a loaded machine made blocks of ten fail with "Server disconnected".
+        for _ in range(requests):
+            base.append(_timed(lambda: direct.complete(PROMPT, max_tokens=1, temperature=0)))
+            ours.append(_timed(lambda: routed.complete(PROMPT, max_tokens=1, temperature=0)))
         direct.close()
         routed.close()
     return median(base), median(ours)
@@ -90,11 +91,13 @@ def first_request(
     return median(base), median(ours)
 
 
-def run_command(env: dict[str, str], name: str, rounds: int) -> tuple[float, float]:
-    """``lmserv run`` with a warm service vs with none (a transient server each time)."""
-    argv = [sys.executable, "-m", "lmserv", "run", name, PROMPT, "--max-tokens", "1"]
+def run_command(env: dict[str, str], model: Path, rounds: int) -> tuple[float, float]:
+    """``lmserv run NAME`` with a warm service vs ``lmserv run PATH`` with none (a transient
+    server each time; the path, because a name outside the catalog is the service's only)."""
+    name = model.name.removesuffix(".gguf")
 
-    def run(e: dict[str, str]) -> None:
+    def run(e: dict[str, str], spec: str) -> None:
+        argv = [sys.executable, "-m", "lmserv", "run", spec, PROMPT, "--max-tokens", "1"]
         subprocess.run(argv, env=e, check=True, capture_output=True)
 
     transient: list[float] = []
@@ -103,9 +106,9 @@ def run_command(env: dict[str, str], name: str, rounds: int) -> tuple[float, flo
     for i in range(rounds):
         for side in (0, 1) if i % 2 == 0 else (1, 0):
             if side == 0:
-                transient.append(_timed(lambda: run(elsewhere)))
+                transient.append(_timed(lambda: run(elsewhere, str(model))))
             else:
-                warm.append(_timed(lambda: run(env)))
+                warm.append(_timed(lambda: run(env, name)))
     return median(transient), median(warm)
 
 
@@ -144,7 +147,7 @@ def main() -> None:
             )
             with Client(service.base_url, model=name) as client:  # loaded for the warm runs
                 client.complete(PROMPT, max_tokens=1)
-            b, o = run_command(env, name, args.rounds)
+            b, o = run_command(env, model, args.rounds)
             print(
                 f"`lmserv run {name}`: transient {b * 1e3:.0f} ms, warm service {o * 1e3:.0f} ms, "
                 f"ratio {o / b:.2f}"
