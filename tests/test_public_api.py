@@ -11,22 +11,22 @@ import lmserv
 EXPECTED = {
     # results and options
     "ChatCompletion", "Completion", "Timings", "SamplingOptions", "LlamaParams", "Settings", "ServerInfo", "GPU",
-    "OffloadPlan", "SplitOptions", "CatalogEntry", "LocalModel", "LlamaBuild",
+    "OffloadPlan", "SplitOptions", "CatalogEntry", "LocalModel", "LlamaBuild", "ServedModel",
     # what runs a model
     "LlamaServer", "Client", "AsyncClient", "TextStream", "AsyncTextStream", "Llama", "LlamaStream",
-    "RpcWorker",
+    "RpcWorker", "ModelService",
     # functions the README and docs use
     "build_llama_cpp", "download_file", "download_models", "ensure_model", "list_models",
     "remove_model", "load_catalog", "find_binary", "find_library", "detect_gpus", "plan_offload",
     "cuda_compute_capabilities", "split_options", "load_settings", "get_settings",
-    "parse_endpoint", "probe_endpoint",
+    "parse_endpoint", "probe_endpoint", "find_service",
     # errors
     "LmservError", "ConfigError", "InstallError", "ToolchainMissing", "SourceError", "BuildError",
     "BinaryNotFound", "LibraryMismatch", "ModelError", "ModelNotFound", "InvalidModelFile",
     "DownloadError", "ChecksumMismatch", "InsufficientDiskSpace", "UnsafeArchive", "ServerError",
     "ServerStartError", "ServerTimeout", "APIError", "BadRequestError", "AuthenticationError",
     "NotFoundError", "ServerUnavailable", "LlamaError", "ContextOverflow", "APITimeoutError",
-    "WorkerError",
+    "WorkerError", "ModelNotServed",
     "__version__",
 }  # fmt: skip
 

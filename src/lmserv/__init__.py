@@ -6,6 +6,7 @@ Public API (see README.md)::
     from lmserv import find_binary, find_library, list_models, remove_model
     from lmserv import detect_gpus, plan_offload, load_settings
     from lmserv import LlamaServer, Client, AsyncClient
+    from lmserv import ModelService                      # every local model from one endpoint
     from lmserv import RpcWorker, split_options          # several machines / GPUs
     from lmserv import Llama, LlamaParams   # in-process inference (loads libllama lazily)
     from lmserv import SamplingOptions      # what Client, AsyncClient and Llama generate with
@@ -41,6 +42,7 @@ from lmserv.errors import (
     LmservError,
     ModelError,
     ModelNotFound,
+    ModelNotServed,
     NotFoundError,
     ServerError,
     ServerStartError,
@@ -76,6 +78,7 @@ from lmserv.install import (
 )
 from lmserv.rpc import RpcWorker, parse_endpoint, probe_endpoint
 from lmserv.server import LlamaServer, ServerInfo
+from lmserv.service import ModelService, ServedModel, find_service
 
 __all__ = [
     "GPU",
@@ -109,10 +112,13 @@ __all__ = [
     "LocalModel",
     "ModelError",
     "ModelNotFound",
+    "ModelNotServed",
+    "ModelService",
     "NotFoundError",
     "OffloadPlan",
     "RpcWorker",
     "SamplingOptions",
+    "ServedModel",
     "ServerError",
     "ServerInfo",
     "ServerStartError",
@@ -135,6 +141,7 @@ __all__ = [
     "ensure_model",
     "find_binary",
     "find_library",
+    "find_service",
     "get_settings",
     "list_models",
     "load_catalog",

@@ -30,6 +30,7 @@ to do next.
     │   ├── BadRequestError                  400
     │   ├── AuthenticationError              401 / 403
     │   ├── NotFoundError                    404
+    │   ├── ModelNotServed (ModelNotFound)    400: the model service has no model by that name
     │   ├── ServerUnavailable                503, refused connection, or a dropped stream
     │   └── APITimeoutError (TimeoutError)   no answer within the client's timeout
     ├── LlamaError                           in-process inference (ctypes bindings)
@@ -58,6 +59,7 @@ __all__ = [
     "LmservError",
     "ModelError",
     "ModelNotFound",
+    "ModelNotServed",
     "NotFoundError",
     "ServerError",
     "ServerStartError",
@@ -205,6 +207,20 @@ class AuthenticationError(APIError):
 
 class NotFoundError(APIError):
     """HTTP 404: the route does not exist or is disabled (e.g. ``--embeddings`` not set)."""
+
+
+class ModelNotServed(BadRequestError, ModelNotFound):
+    """The model service (``lmserv serve`` without a model) has no model by that name.
+
+    ``model`` is the name asked for, ``available`` the names (and aliases) it serves.
+    """
+
+    def __init__(
+        self, message: str, *, model: str = "", available: tuple[str, ...] = (), body: object = None
+    ) -> None:
+        super().__init__(message, status_code=400, error_type="invalid_request_error", body=body)
+        self.model = model
+        self.available = available
 
 
 class ServerUnavailable(APIError):

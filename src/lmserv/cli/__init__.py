@@ -15,12 +15,12 @@ import sys
 from collections.abc import Sequence
 
 from lmserv import __version__
-from lmserv.cli import _build, _models, _serve, _system, _worker
+from lmserv.cli import _build, _models, _serve, _service, _system, _worker
 from lmserv.errors import LmservError
 
 __all__ = ["build_parser", "main"]
 
-_GROUPS = (_build, _models, _serve, _system, _worker)
+_GROUPS = (_build, _models, _serve, _service, _system, _worker)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ from lmserv.cli._common import (
 )
 from lmserv.cli._distributed import add_distributed_options, distributed_kwargs
 from lmserv.cli._ray import add_ray_options, serve_on_ray
+from lmserv.cli._service import add_service_options, serve_models, service_client
 from lmserv.client import ChatCompletion, Client, TextStream
 from lmserv.errors import ConfigError
 from lmserv.server import LlamaServer
@@ -104,10 +105,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``serve``, ``run`` and ``chat``."""
     p = sub.add_parser(
         "serve",
-        help="run llama-server for a model in the foreground",
-        description="Start llama-server for MODEL, print its URL, and stop it cleanly on Ctrl-C.",
+        help="run llama-server for a model, or the model service for all, in the foreground",
+        description="Start llama-server for MODEL, print its URL, and stop it cleanly on Ctrl-C. "
+        "Without MODEL, start the model service: every model of the models folder by name, "
+        "loaded on first request, unloaded when idle.",
     )
-    p.add_argument("model", nargs="?", default=None, help="GGUF path, catalog name, or 'counting'")
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="GGUF path, catalog name, or 'counting'; none: the model service",
+    )
     p.add_argument("--host", default=None, help="address to bind (default: 127.0.0.1)")
     p.add_argument(
         "--port", type=int_arg(0, 65535), default=None, help="port (default: a free one)"
@@ -117,6 +125,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     _server_options(p)
     add_ray_options(p)
+    add_service_options(p)
     p.set_defaults(func=_serve)
 
     for name, helptext in (
@@ -159,6 +168,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.model is None:
+        return serve_models(args)
     # Flags over LMSERV_SERVER_* over the config file's [server] table.
     settings = config.load_settings(
         overrides={
@@ -210,6 +221,8 @@ class _Session:
         if args.url:
             key = config.load_settings(overrides={"server.api_key": args.api_key}).server.api_key
             self.client = Client(args.url, api_key=key)
+        elif args.model and (found := service_client(args.model, args.api_key)) is not None:
+            self.client = found  # the running model service: no load per call
         else:
             self.server = _make_server(args).start()
             self.client = self.server.client()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -31,7 +32,7 @@ from lmserv.client._responses import (
     _translate,
     error_from_response,
 )
-from lmserv.errors import ServerUnavailable
+from lmserv.errors import ModelNotServed, ServerUnavailable
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -83,9 +84,15 @@ class _Base:
     """
 
     def __init__(
-        self, base_url: str, *, api_key: str | None, timeout: float | httpx.Timeout
+        self,
+        base_url: str,
+        *,
+        api_key: str | None,
+        timeout: float | httpx.Timeout,
+        model: str | None = None,
     ) -> None:
         self.base_url = check_base_url(base_url).rstrip("/")
+        self.model = model  # sent as "model" when a request names none (the model service)
         if self.base_url.endswith("/v1"):  # people paste the OpenAI-style URL
             self.base_url = self.base_url[:-3]
         self.api_key = check_api_key(api_key) if api_key else api_key
@@ -118,6 +125,34 @@ class _Base:
             return None
         return 0.1 * 2.0**attempt
 
+    def _routed(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``body`` with the client's default ``model`` unless it names one (or there is none)."""
+        if self.model is None or body.get("model") is not None:
+            return body
+        return {"model": self.model, **body}
+
+    @staticmethod
+    def _unknown_model(name: str, listing: Mapping[str, Any]) -> ModelNotServed | None:
+        """The error for a 400 from the model service when ``name`` is not among its models.
+
+        ``listing`` is its ``GET /v1/models``; only the service's entries carry ``status``, so
+        a single-model llama-server (which ignores ``model``) never gets this error.
+        """
+        data = listing.get("data") if isinstance(listing, Mapping) else None
+        rows = [row for row in data or () if isinstance(row, Mapping)]
+        if not rows or not all("status" in row for row in rows):
+            return None
+        names = [str(row.get("id")) for row in rows]
+        names += [str(a) for row in rows for a in row.get("aliases", ())]
+        if name in names:
+            return None
+        return ModelNotServed(
+            f"the model service has no model {name!r}; it serves: {', '.join(sorted(names))}. "
+            "Pull it with `lmserv pull NAME` (it appears without a restart) or pick one of these",
+            model=name,
+            available=tuple(sorted(names)),
+        )
+
     # -- request bodies -------------------------------------------------------------------
     def _generate_request(
         self,
@@ -127,6 +162,7 @@ class _Base:
         kwargs: Mapping[str, Any],
         extra_body: Mapping[str, Any] | None,
         *,
+        model: str | None = None,
         stream: bool = False,
     ) -> tuple[str, dict[str, Any]]:
         """Path and body of a generation: a prompt on ``_NATIVE`` (``/completion``), or
@@ -139,7 +175,7 @@ class _Base:
         values = sampling_values(
             sampling, kwargs, f"{type(self).__name__}.{_METHOD[path, stream]}", extra=extra
         )
-        body: dict[str, Any] = {}
+        body: dict[str, Any] = {"model": model} if model else {}
         if not chat:
             body["prompt"] = prompt
         elif isinstance(prompt, str):
@@ -169,28 +205,41 @@ class _Base:
         return _EventParser[ChatCompletion](True, f"POST {_CHAT}")
 
     @staticmethod
-    def _embed_request(texts: str | Sequence[str], normalize: bool) -> tuple[str, dict[str, Any]]:
+    def _embed_request(
+        texts: str | Sequence[str], normalize: bool, model: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
         # embd_normalize: llama.cpp's code for the norm, 2 (Euclidean) or -1 (none)
         inputs = [texts] if isinstance(texts, str) else list(texts)
-        return "/v1/embeddings", {"input": inputs, "embd_normalize": 2 if normalize else -1}
+        body = {"input": inputs, "embd_normalize": 2 if normalize else -1}
+        return "/v1/embeddings", {**body, "model": model} if model else body
 
     @staticmethod
     def _tokenize_requests(
-        text: str | Sequence[str], add_special: bool, parse_special: bool
+        text: str | Sequence[str], add_special: bool, parse_special: bool, model: str | None = None
     ) -> list[tuple[str, dict[str, Any]]]:
         """One ``/tokenize`` request per text (the route reads a list as one mixed prompt)."""
         texts = [text] if isinstance(text, str) else list(text)
+        routed = {"model": model} if model else {}
         return [
             (
                 "/tokenize",
-                {"content": t, "add_special": add_special, "parse_special": parse_special},
+                {"content": t, "add_special": add_special, "parse_special": parse_special} | routed,
             )
             for t in texts
         ]
 
     @staticmethod
-    def _detokenize_request(ids: Sequence[int]) -> tuple[str, dict[str, Any]]:
-        return "/detokenize", {"tokens": list(ids)}
+    def _detokenize_request(
+        ids: Sequence[int], model: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        body: dict[str, Any] = {"tokens": list(ids)}
+        return "/detokenize", {**body, "model": model} if model else body
+
+    def _props_path(self, model: str | None) -> str:
+        # autoload=false: asking about a model must not load it (or keep it from idling)
+        name = model or self.model
+        query = urllib.parse.urlencode({"model": name, "autoload": "false"}) if name else ""
+        return f"/props?{query}" if query else "/props"
 
     # -- response parsing -----------------------------------------------------------------
     @staticmethod
@@ -224,7 +273,11 @@ class Client(_Base):
     the server's message, or :class:`~lmserv.errors.ServerUnavailable` when the server is not
     reachable, still loading, or drops the connection. Generation takes its sampling options as
     a :class:`~lmserv.SamplingOptions` and/or the same-named keywords (a keyword wins); options
-    left unset take llama-server's defaults. ``extra_body`` goes into the request body as is
+    left unset take llama-server's defaults. ``model`` names the model of every request that
+    names none (``model=`` on a call wins): one client talks to any model of the model service
+    (``lmserv serve`` without a model), which answers an unknown name with
+    :class:`~lmserv.errors.ModelNotServed` listing the names it has; a single-model server
+    ignores it. ``extra_body`` goes into the request body as is
     (llama-server's own fields, e.g. ``{"n_probs": 3}``).
     """
 
@@ -234,8 +287,9 @@ class Client(_Base):
         *,
         api_key: str | None = None,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        model: str | None = None,
     ) -> None:
-        super().__init__(base_url, api_key=api_key, timeout=timeout)
+        super().__init__(base_url, api_key=api_key, timeout=timeout, model=model)
         self._http = httpx.Client(
             base_url=self.base_url, headers=self._headers, timeout=self.timeout
         )
@@ -256,14 +310,28 @@ class Client(_Base):
 
     def _post(self, path: str, body: Mapping[str, Any]) -> Any:
         where = f"POST {path}"
+        body = self._routed(body)
         check_json_text(body, where)
         with _translate(self.base_url, where, self.timeout):
-            return self._checked(self._http.post(path, json=body), where).json()
+            response = self._http.post(path, json=body)
+        self._check_model(response, body)
+        return self._checked(response, where).json()
+
+    def _check_model(self, response: httpx.Response, body: Mapping[str, Any]) -> None:
+        """Raise :class:`ModelNotServed` when the service refused an unknown model."""
+        if response.status_code in (400, 404) and body.get("model") is not None:
+            listing: Any = {}
+            with contextlib.suppress(Exception):  # no listing: the plain 400 is raised instead
+                listing = self._http.get("/v1/models").json()
+            error = self._unknown_model(str(body["model"]), listing)
+            if error is not None:
+                raise error
 
     def _open_stream(
         self, path: str, body: Mapping[str, Any], parser: _EventParser[R]
     ) -> TextStream[R]:
         where = f"POST {path}"
+        body = self._routed(body)
         check_json_text(body, where)
         with _translate(self.base_url, where, self.timeout):
             request = self._http.build_request("POST", path, json=body)
@@ -271,6 +339,7 @@ class Client(_Base):
             if response.status_code >= 400:
                 response.read()
                 response.close()
+                self._check_model(response, body)
                 self._checked(response, where)
         return TextStream(response, parser, self.base_url, self.timeout)
 
@@ -279,13 +348,38 @@ class Client(_Base):
         """``GET /health``: ``{"status": "ok"}``; raises ``ServerUnavailable`` while loading."""
         return dict(self._get("/health").json())
 
-    def props(self) -> dict[str, Any]:
-        """``GET /props``: the server's settings (``total_slots``, ``model_path``, ...)."""
-        return dict(self._get("/props").json())
+    def props(self, *, model: str | None = None) -> dict[str, Any]:
+        """``GET /props``: the server's settings (``total_slots``, ``model_path``, ...).
+
+        From the model service, the settings of loaded model ``model`` (default: the client's
+        ``model``); asking does not load it.
+        """
+        return dict(self._get(self._props_path(model)).json())
 
     def models(self) -> list[dict[str, Any]]:
-        """``GET /v1/models``: the loaded model(s), OpenAI style."""
+        """``GET /v1/models``: the loaded model(s), OpenAI style.
+
+        The model service lists every model it can serve, each with ``status.value``
+        (``"loaded"``, ``"loading"``, ``"sleeping"``, ``"unloaded"``) and its ``aliases``.
+        """
         return self._models_result(self._get("/v1/models").json())
+
+    def load(self, name: str) -> None:
+        """Model service: start loading model ``name`` now (``POST /models/load``).
+
+        Returns once its instance is starting; requests for it wait until it is ready
+        (:meth:`lmserv.service.ModelService.load` waits too). Raises
+        :class:`~lmserv.errors.ModelNotServed` for an unknown name and
+        :class:`~lmserv.errors.BadRequestError` when it is already loaded.
+        """
+        self._post("/models/load", {"model": name})
+
+    def unload(self, name: str) -> None:
+        """Model service: unload model ``name`` now (``POST /models/unload``).
+
+        Raises :class:`~lmserv.errors.BadRequestError` when it is not loaded.
+        """
+        self._post("/models/unload", {"model": name})
 
     def metrics(self) -> dict[str, float]:
         """``GET /metrics`` parsed to ``{name: value}`` (the server needs ``--metrics``)."""
@@ -297,10 +391,11 @@ class Client(_Base):
         sampling: SamplingOptions | None = None,
         *,
         extra_body: Mapping[str, Any] | None = None,
+        model: str | None = None,
         **kwargs: Unpack[SamplingArgs],
     ) -> Completion:
         """Complete ``prompt`` on native ``POST /completion``."""
-        request = self._generate_request(_NATIVE, prompt, sampling, kwargs, extra_body)
+        request = self._generate_request(_NATIVE, prompt, sampling, kwargs, extra_body, model=model)
         return Completion.from_json(self._post(*request))
 
     def stream(
@@ -309,10 +404,13 @@ class Client(_Base):
         sampling: SamplingOptions | None = None,
         *,
         extra_body: Mapping[str, Any] | None = None,
+        model: str | None = None,
         **kwargs: Unpack[SamplingArgs],
     ) -> TextStream[Completion]:
         """Like :meth:`complete`, yielding text chunks as they arrive (``.result`` at the end)."""
-        request = self._generate_request(_NATIVE, prompt, sampling, kwargs, extra_body, stream=True)
+        request = self._generate_request(
+            _NATIVE, prompt, sampling, kwargs, extra_body, model=model, stream=True
+        )
         return self._open_stream(*request, self._completion_events())
 
     def chat(
@@ -321,10 +419,11 @@ class Client(_Base):
         sampling: SamplingOptions | None = None,
         *,
         extra_body: Mapping[str, Any] | None = None,
+        model: str | None = None,
         **kwargs: Unpack[SamplingArgs],
     ) -> ChatCompletion:
         """Answer a conversation on ``POST /v1/chat/completions`` (a ``str`` is one user turn)."""
-        request = self._generate_request(_CHAT, messages, sampling, kwargs, extra_body)
+        request = self._generate_request(_CHAT, messages, sampling, kwargs, extra_body, model=model)
         return ChatCompletion.from_json(self._post(*request))
 
     def chat_stream(
@@ -333,19 +432,26 @@ class Client(_Base):
         sampling: SamplingOptions | None = None,
         *,
         extra_body: Mapping[str, Any] | None = None,
+        model: str | None = None,
         **kwargs: Unpack[SamplingArgs],
     ) -> TextStream[ChatCompletion]:
         """Like :meth:`chat`, yielding text chunks as they arrive (``.result`` at the end)."""
-        request = self._generate_request(_CHAT, messages, sampling, kwargs, extra_body, stream=True)
+        request = self._generate_request(
+            _CHAT, messages, sampling, kwargs, extra_body, model=model, stream=True
+        )
         return self._open_stream(*request, self._chat_events())
 
     # A str is also a Sequence[str]: the first matching overload wins, which is the intent.
     @overload
-    def embed(self, texts: str, *, normalize: bool = True) -> list[float]: ...  # type: ignore[overload-overlap]
+    def embed(  # type: ignore[overload-overlap]
+        self, texts: str, *, normalize: bool = True, model: str | None = None
+    ) -> list[float]: ...
     @overload
-    def embed(self, texts: Sequence[str], *, normalize: bool = True) -> list[list[float]]: ...
     def embed(
-        self, texts: str | Sequence[str], *, normalize: bool = True
+        self, texts: Sequence[str], *, normalize: bool = True, model: str | None = None
+    ) -> list[list[float]]: ...
+    def embed(
+        self, texts: str | Sequence[str], *, normalize: bool = True, model: str | None = None
     ) -> list[float] | list[list[float]]:
         """The embedding of a text (a ``str`` gives one vector, a list one vector per text),
         L2-normalised unless ``normalize=False``, on ``POST /v1/embeddings``.
@@ -353,31 +459,46 @@ class Client(_Base):
         The server must run with ``--embeddings`` and a pooling type (``--pooling mean``
         for models without one); otherwise this raises the server's error.
         """
-        return self._embed_result(self._post(*self._embed_request(texts, normalize)), texts)
+        return self._embed_result(self._post(*self._embed_request(texts, normalize, model)), texts)
 
     @overload
     def tokenize(  # type: ignore[overload-overlap]
-        self, text: str, *, add_special: bool = False, parse_special: bool = True
+        self,
+        text: str,
+        *,
+        add_special: bool = False,
+        parse_special: bool = True,
+        model: str | None = None,
     ) -> list[int]: ...
     @overload
     def tokenize(
-        self, text: Sequence[str], *, add_special: bool = False, parse_special: bool = True
+        self,
+        text: Sequence[str],
+        *,
+        add_special: bool = False,
+        parse_special: bool = True,
+        model: str | None = None,
     ) -> list[list[int]]: ...
     def tokenize(
-        self, text: str | Sequence[str], *, add_special: bool = False, parse_special: bool = True
+        self,
+        text: str | Sequence[str],
+        *,
+        add_special: bool = False,
+        parse_special: bool = True,
+        model: str | None = None,
     ) -> list[int] | list[list[int]]:
         """Token ids of ``text`` (a list gives one list of ids per text).
 
         ``add_special`` adds the start token (BOS) as a prompt gets it; ``parse_special`` reads
         control-token text such as ``<|im_start|>`` as those tokens, as prompts are read.
         """
-        requests = self._tokenize_requests(text, add_special, parse_special)
+        requests = self._tokenize_requests(text, add_special, parse_special, model)
         ids = [self._tokenize_result(self._post(*request)) for request in requests]
         return ids[0] if isinstance(text, str) else ids
 
-    def detokenize(self, ids: Sequence[int]) -> str:
+    def detokenize(self, ids: Sequence[int], *, model: str | None = None) -> str:
         """The text of token ``ids``."""
-        return self._detokenize_result(self._post(*self._detokenize_request(ids)))
+        return self._detokenize_result(self._post(*self._detokenize_request(ids, model)))
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -403,8 +524,9 @@ class AsyncClient(_Base):
         *,
         api_key: str | None = None,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        model: str | None = None,
     ) -> None:
-        super().__init__(base_url, api_key=api_key, timeout=timeout)
+        super().__init__(base_url, api_key=api_key, timeout=timeout, model=model)
         self._http = httpx.AsyncClient(
             base_url=self.base_url, headers=self._headers, timeout=self.timeout
         )
@@ -424,14 +546,28 @@ class AsyncClient(_Base):
 
     async def _post(self, path: str, body: Mapping[str, Any]) -> Any:
         where = f"POST {path}"
+        body = self._routed(body)
         check_json_text(body, where)
         with _translate(self.base_url, where, self.timeout):
-            return self._checked(await self._http.post(path, json=body), where).json()
+            response = await self._http.post(path, json=body)
+        await self._check_model(response, body)
+        return self._checked(response, where).json()
+
+    async def _check_model(self, response: httpx.Response, body: Mapping[str, Any]) -> None:
+        """See :meth:`Client._check_model`."""
+        if response.status_code in (400, 404) and body.get("model") is not None:
+            listing: Any = {}
+            with contextlib.suppress(Exception):
+                listing = (await self._http.get("/v1/models")).json()
+            error = self._unknown_model(str(body["model"]), listing)
+            if error is not None:
+                raise error
 
     async def _open_stream(
         self, path: str, body: Mapping[str, Any], parser: _EventParser[R]
     ) -> AsyncTextStream[R]:
         where = f"POST {path}"
+        body = self._routed(body)
         check_json_text(body, where)
         with _translate(self.base_url, where, self.timeout):
             request = self._http.build_request("POST", path, json=body)
@@ -439,6 +575,7 @@ class AsyncClient(_Base):
             if response.status_code >= 400:
                 await response.aread()
                 await response.aclose()
+                await self._check_model(response, body)
                 self._checked(response, where)
         return AsyncTextStream(response, parser, self.base_url, self.timeout)
 
@@ -446,13 +583,21 @@ class AsyncClient(_Base):
         """See :meth:`Client.health`."""
         return dict((await self._get("/health")).json())
 
-    async def props(self) -> dict[str, Any]:
+    async def props(self, *, model: str | None = None) -> dict[str, Any]:
         """See :meth:`Client.props`."""
-        return dict((await self._get("/props")).json())
+        return dict((await self._get(self._props_path(model))).json())
 
     async def models(self) -> list[dict[str, Any]]:
         """See :meth:`Client.models`."""
         return self._models_result((await self._get("/v1/models")).json())
+
+    async def load(self, name: str) -> None:
+        """See :meth:`Client.load`."""
+        await self._post("/models/load", {"model": name})
+
+    async def unload(self, name: str) -> None:
+        """See :meth:`Client.unload`."""
+        await self._post("/models/unload", {"model": name})
 
     async def metrics(self) -> dict[str, float]:
         """See :meth:`Client.metrics`."""
@@ -464,10 +609,11 @@ class AsyncClient(_Base):
         sampling: SamplingOptions | None = None,
         *,
         extra_body: Mapping[str, Any] | None = None,
+        model: str | None = None,
         **kwargs: Unpack[SamplingArgs],
     ) -> Completion:
         """See :meth:`Client.complete`."""
-        request = self._generate_request(_NATIVE, prompt, sampling, kwargs, extra_body)
+        request = self._generate_request(_NATIVE, prompt, sampling, kwargs, extra_body, model=model)
         return Completion.from_json(await self._post(*request))
 
     async def stream(
@@ -476,10 +622,13 @@ class AsyncClient(_Base):
         sampling: SamplingOptions | None = None,
         *,
         extra_body: Mapping[str, Any] | None = None,
+        model: str | None = None,
         **kwargs: Unpack[SamplingArgs],
     ) -> AsyncTextStream[Completion]:
         """See :meth:`Client.stream`."""
-        request = self._generate_request(_NATIVE, prompt, sampling, kwargs, extra_body, stream=True)
+        request = self._generate_request(
+            _NATIVE, prompt, sampling, kwargs, extra_body, model=model, stream=True
+        )
         return await self._open_stream(*request, self._completion_events())
 
     async def chat(
@@ -488,10 +637,11 @@ class AsyncClient(_Base):
         sampling: SamplingOptions | None = None,
         *,
         extra_body: Mapping[str, Any] | None = None,
+        model: str | None = None,
         **kwargs: Unpack[SamplingArgs],
     ) -> ChatCompletion:
         """See :meth:`Client.chat`."""
-        request = self._generate_request(_CHAT, messages, sampling, kwargs, extra_body)
+        request = self._generate_request(_CHAT, messages, sampling, kwargs, extra_body, model=model)
         return ChatCompletion.from_json(await self._post(*request))
 
     async def chat_stream(
@@ -500,42 +650,64 @@ class AsyncClient(_Base):
         sampling: SamplingOptions | None = None,
         *,
         extra_body: Mapping[str, Any] | None = None,
+        model: str | None = None,
         **kwargs: Unpack[SamplingArgs],
     ) -> AsyncTextStream[ChatCompletion]:
         """See :meth:`Client.chat_stream`."""
-        request = self._generate_request(_CHAT, messages, sampling, kwargs, extra_body, stream=True)
+        request = self._generate_request(
+            _CHAT, messages, sampling, kwargs, extra_body, model=model, stream=True
+        )
         return await self._open_stream(*request, self._chat_events())
 
     @overload
-    async def embed(self, texts: str, *, normalize: bool = True) -> list[float]: ...  # type: ignore[overload-overlap]
+    async def embed(  # type: ignore[overload-overlap]
+        self, texts: str, *, normalize: bool = True, model: str | None = None
+    ) -> list[float]: ...
     @overload
-    async def embed(self, texts: Sequence[str], *, normalize: bool = True) -> list[list[float]]: ...
     async def embed(
-        self, texts: str | Sequence[str], *, normalize: bool = True
+        self, texts: Sequence[str], *, normalize: bool = True, model: str | None = None
+    ) -> list[list[float]]: ...
+    async def embed(
+        self, texts: str | Sequence[str], *, normalize: bool = True, model: str | None = None
     ) -> list[float] | list[list[float]]:
         """See :meth:`Client.embed`."""
-        data = await self._post(*self._embed_request(texts, normalize))
+        data = await self._post(*self._embed_request(texts, normalize, model))
         return self._embed_result(data, texts)
 
     @overload
     async def tokenize(  # type: ignore[overload-overlap]
-        self, text: str, *, add_special: bool = False, parse_special: bool = True
+        self,
+        text: str,
+        *,
+        add_special: bool = False,
+        parse_special: bool = True,
+        model: str | None = None,
     ) -> list[int]: ...
     @overload
     async def tokenize(
-        self, text: Sequence[str], *, add_special: bool = False, parse_special: bool = True
+        self,
+        text: Sequence[str],
+        *,
+        add_special: bool = False,
+        parse_special: bool = True,
+        model: str | None = None,
     ) -> list[list[int]]: ...
     async def tokenize(
-        self, text: str | Sequence[str], *, add_special: bool = False, parse_special: bool = True
+        self,
+        text: str | Sequence[str],
+        *,
+        add_special: bool = False,
+        parse_special: bool = True,
+        model: str | None = None,
     ) -> list[int] | list[list[int]]:
         """See :meth:`Client.tokenize`."""
-        requests = self._tokenize_requests(text, add_special, parse_special)
+        requests = self._tokenize_requests(text, add_special, parse_special, model)
         ids = [self._tokenize_result(await self._post(*request)) for request in requests]
         return ids[0] if isinstance(text, str) else ids
 
-    async def detokenize(self, ids: Sequence[int]) -> str:
+    async def detokenize(self, ids: Sequence[int], *, model: str | None = None) -> str:
         """See :meth:`Client.detokenize`."""
-        return self._detokenize_result(await self._post(*self._detokenize_request(ids)))
+        return self._detokenize_result(await self._post(*self._detokenize_request(ids, model)))
 
     async def aclose(self) -> None:
         """Close the pooled connections."""

@@ -12,6 +12,8 @@ defaults < the config file < ``LMSERV_*`` environment variables < explicit argum
 value remembers where it came from (:class:`Origin`); ``lmserv config show`` prints both.
 
 Relative folders in the file are relative to the file's folder; ``~`` is the home folder.
+One model's serving options go in a ``[models.<name>]`` table (:class:`ModelOptions`); the
+model service (``lmserv serve`` without a model) applies them.
 Unknown tables or keys and bad values raise :class:`~lmserv.errors.ConfigError` naming the key,
 the file and the line. Extra catalog entries go in ``[catalog.<name>]`` tables
 (:func:`user_catalog`); the environment has no equivalent for them.
@@ -25,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -60,6 +62,7 @@ __all__ = [
     "SECRET_KEYS",
     "BuildSettings",
     "DownloadSettings",
+    "ModelOptions",
     "ModelSettings",
     "Origin",
     "PathSettings",
@@ -73,6 +76,7 @@ __all__ = [
     "get_settings",
     "load_settings",
     "models_dir",
+    "state_dir",
     "user_catalog",
 ]
 
@@ -112,6 +116,26 @@ class ModelSettings:
     """Table ``[models]``: ``default`` is the model used when a command is given none."""
 
     default: str | None
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Table ``[models.<name>]``: how the model service runs one model.
+
+    ``None`` leaves llama-server's default. ``n_gpu_layers`` is a number, ``"auto"`` or
+    ``"all"``; ``extra_args`` are further llama-server flags (``["--pooling", "mean"]``).
+
+    ::
+
+        [models.my-embedder]
+        ctx_size = 2048
+        extra_args = ["--embeddings", "--pooling", "mean"]
+    """
+
+    ctx_size: int | None = None
+    n_gpu_layers: int | str | None = None
+    parallel: int | None = None
+    extra_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,6 +185,7 @@ class Settings:
     config_file: Path | None
     config_file_exists: bool
     origins: Mapping[str, Origin]
+    model_options: Mapping[str, ModelOptions] = field(default_factory=lambda: MappingProxyType({}))
 
     def get(self, name: str) -> Any:
         """The value of dotted setting ``name`` (``"server.port"``); :class:`ConfigError` if unknown."""
@@ -275,7 +300,51 @@ def load_settings(
         config_file=path,
         config_file_exists=data.exists,
         origins=MappingProxyType(origins),
+        model_options=MappingProxyType(
+            {
+                name: _model_options(name, table, data.path, line)
+                for name, (table, line) in data.model_tables.items()
+            }
+        ),
     )
+
+
+def _model_options(
+    name: str, table: Mapping[str, object], path: Path, line: int | None
+) -> ModelOptions:
+    """One ``[models.<name>]`` table, checked key by key."""
+    where = f"[models.{name}] of the config file {_where(path, line)}"
+    known = [f.name for f in fields(ModelOptions)]
+    for key in table:
+        if key not in known:
+            raise ConfigError(
+                f"unknown key {key!r} in {where}. Known keys: {', '.join(known)}."
+                f"{_suggest(key, known)}"
+            )
+    values: dict[str, Any] = {}
+    for key in ("ctx_size", "parallel"):
+        value = table.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
+            raise ConfigError(
+                f"bad value for {key} in {where}: expected a whole number, got {value!r}."
+            )
+        values[key] = value
+    ngl = table.get("n_gpu_layers")
+    if ngl is not None and not (
+        (isinstance(ngl, int) and not isinstance(ngl, bool) and ngl >= 0) or ngl in ("auto", "all")
+    ):
+        raise ConfigError(
+            f"bad value for n_gpu_layers in {where}: expected a number, 'auto' or 'all', got {ngl!r}."
+        )
+    extra = table.get("extra_args", [])
+    if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
+        raise ConfigError(
+            f"bad value for extra_args in {where}: expected a list of strings such as "
+            f'["--pooling", "mean"], got {extra!r}.'
+        )
+    return ModelOptions(n_gpu_layers=ngl, extra_args=tuple(extra), **values)
 
 
 def _derive_paths(values: dict[str, object], origins: dict[str, Origin]) -> None:
@@ -358,6 +427,15 @@ def builds_dir() -> Path:
 def models_dir() -> Path:
     """Where models are downloaded by default (setting ``paths.models``)."""
     return get_settings().paths.models
+
+
+def state_dir() -> Path:
+    """Where running lmserv processes leave state for each other (``~/.local/state/lmserv``).
+
+    Follows platformdirs (``$XDG_STATE_HOME`` on Linux). The model service keeps its state
+    file and generated presets here, in owner-only files.
+    """
+    return Path(platformdirs.user_state_dir(_APP, appauthor=False))
 
 
 def user_catalog() -> dict[str, dict[str, object]]:

@@ -7,7 +7,7 @@ import difflib
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import platformdirs
@@ -70,6 +70,8 @@ class _FileData:
     exists: bool
     values: dict[str, tuple[object, int | None]]
     catalog: dict[str, dict[str, object]]
+    # [models.NAME] tables: name -> (the table's keys, its line); checked by the caller
+    model_tables: dict[str, tuple[dict[str, object], int | None]] = field(default_factory=dict)
 
 
 def _where(path: Path, line: int | None) -> str:
@@ -103,6 +105,7 @@ def _read_file(path: Path, *, required: bool) -> _FileData:
     lines = text.splitlines()
     values: dict[str, tuple[object, int | None]] = {}
     catalog: dict[str, dict[str, object]] = {}
+    model_tables: dict[str, tuple[dict[str, object], int | None]] = {}
     known_tables = sorted([*_TABLES, "catalog"])
     for table, content in data.items():
         line = _line_of(lines, table)
@@ -121,6 +124,9 @@ def _read_file(path: Path, *, required: bool) -> _FileData:
             )
         keys = sorted(s.key for s in _SPECS if s.table == table)
         for key, value in content.items():
+            if table == "models" and isinstance(value, dict):  # [models.NAME]: one model's options
+                model_tables[str(key)] = (dict(value), _line_of(lines, f"models.{key}"))
+                continue
             name = f"{table}.{key}"
             key_line = _line_of(lines, name) or line
             if name not in _BY_NAME:
@@ -130,7 +136,7 @@ def _read_file(path: Path, *, required: bool) -> _FileData:
                     f"{_suggest(key, keys)}"
                 )
             values[name] = (value, key_line)
-    return _FileData(path, True, values, catalog)
+    return _FileData(path, True, values, catalog, model_tables)
 
 
 def _read_catalog(content: object, path: Path, lines: list[str]) -> dict[str, dict[str, object]]:
