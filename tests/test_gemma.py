@@ -71,7 +71,7 @@ def server(gemma_model: Path, llama_build: LlamaBuild) -> Iterator[LlamaServer]:
     # and near-tie greedy tokens differ (seen on the accents and emoji prompts).
     with LlamaServer(
         gemma_model,
-        ctx_size=N_CTX,
+        n_ctx=N_CTX,
         parallel=1,
         extra_args=("-t", str(THREADS), "--swa-full"),
     ) as srv:
@@ -111,7 +111,7 @@ def test_greedy_parity_in_process_native_and_openai(
 ) -> None:
     prompt = PROMPTS[kind]
     local = llm.generate(prompt, max_tokens=24, temperature=0)
-    native = client.complete(prompt, max_tokens=24, temperature=0, **FRESH).text
+    native = client.complete(prompt, max_tokens=24, temperature=0, extra_body=FRESH).text
     openai = _openai_completion(server, prompt, max_tokens=24, temperature=0, extra_body=FRESH)
     assert local.strip(), f"{kind}: the model said nothing"
     assert local == native == openai, kind
@@ -119,11 +119,11 @@ def test_greedy_parity_in_process_native_and_openai(
 
 @pytest.mark.parametrize("text", TEXTS)
 def test_tokenization_parity_and_round_trips(text: str, llm: Llama, client: Client) -> None:
-    ids = llm.tokenize(text, add_bos=False, special=True)
+    ids = llm.tokenize(text, add_special=False, parse_special=True)
     assert ids == client.tokenize(text)
     assert llm.detokenize(ids) == text
     assert client.detokenize(ids) == text
-    with_bos = llm.tokenize(text, add_bos=True, special=True)
+    with_bos = llm.tokenize(text, add_special=True, parse_special=True)
     assert with_bos == [2, *ids] and client.tokenize(text, add_special=True) == with_bos
 
 
@@ -143,12 +143,12 @@ def test_stop_strings_and_max_tokens(llm: Llama, client: Client) -> None:
     assert "\n" in free, free
     expected = free.split("\n")[0]  # a stop string ends the text before it
     local = llm.complete(prompt, max_tokens=24, temperature=0, stop=["\n"])
-    remote = client.complete(prompt, max_tokens=24, temperature=0, stop=["\n"], **FRESH)
+    remote = client.complete(prompt, max_tokens=24, temperature=0, stop=["\n"], extra_body=FRESH)
     assert local.text == remote.text == expected
     assert (local.finish_reason, local.stop_type) == ("stop", "word")
     assert (remote.finish_reason, remote.stop_type) == ("stop", "word")
     local = llm.complete(prompt, max_tokens=3, temperature=0)
-    remote = client.complete(prompt, max_tokens=3, temperature=0, **FRESH)
+    remote = client.complete(prompt, max_tokens=3, temperature=0, extra_body=FRESH)
     assert local.text == remote.text and free.startswith(local.text)
     assert local.completion_tokens == remote.completion_tokens == 3
     assert local.finish_reason == remote.finish_reason == "length"
@@ -171,7 +171,7 @@ def test_mean_pooled_embeddings_match_the_server(gemma_model: Path) -> None:
     with (
         LlamaServer(
             gemma_model,
-            ctx_size=N_CTX,
+            n_ctx=N_CTX,
             parallel=1,
             extra_args=("--embeddings", "--pooling", "mean"),
         ) as srv,
@@ -202,8 +202,8 @@ def test_chat_without_a_template_falls_back_alike_and_says_so(
     )
     assert served.json()["prompt"] == prompt  # llama-server falls back to the same template
     local = llm.chat(messages, max_tokens=12, temperature=0)
-    remote = client.chat(messages, max_tokens=12, temperature=0, **FRESH)
-    assert local == remote.text
+    remote = client.chat(messages, max_tokens=12, temperature=0, extra_body=FRESH)
+    assert local.text == remote.text
     assert server.info.chat_template_fallback  # the server side says it too (ServerInfo, a warning)
 
 

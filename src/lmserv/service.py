@@ -522,13 +522,19 @@ class ModelService:
                 raise ServerTimeout(f"model {name!r} was not loaded within the timeout")
             time.sleep(0.02)
 
-    def unload(self, name: str) -> bool:
-        """Unload model ``name`` (or alias) now; ``False`` if it was not loaded."""
+    def unload(self, name: str, *, timeout: float = 30.0) -> bool:
+        """Unload model ``name`` (or alias) now and wait until its instance is gone (at most
+        ``timeout`` seconds); ``False`` if it was not loaded."""
         model = self._find(name)
         if model.state not in ("loaded", "loading", "sleeping"):
             return False
         with self.client() as client:
             client.unload(model.name)
+        # The router answers before its instance has exited; callers (`lmserv stop`, then
+        # `lmserv ps`) expect the memory to be free when this returns.
+        deadline = time.monotonic() + timeout
+        while self._find(model.name).state != "unloaded" and time.monotonic() < deadline:
+            time.sleep(0.05)
         return True
 
     # -- the watcher ----------------------------------------------------------------------
