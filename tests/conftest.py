@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from _api_server import ApiServer
 from _helpers import cli_env, llama_server_pids
-from lmserv import config
+from lmserv import Client, config
 from lmserv.install import LlamaBuild, build_llama_cpp
 from lmserv.testing import write_counting_model
 
@@ -83,3 +84,17 @@ def model_dir(
 def model(model_dir: Path) -> Path:
     """The real counting model (``lmserv.testing``), written once per test module."""
     return write_counting_model(model_dir / "counting.gguf")
+
+
+@pytest.fixture
+def api() -> Iterator[ApiServer]:
+    """The stand-in of llama-server's API (``_api_server.ApiServer``), recording requests."""
+    with ApiServer() as server:
+        yield server
+
+
+@pytest.fixture
+def client(api: ApiServer) -> Iterator[Client]:
+    """A :class:`~lmserv.Client` of :func:`api`."""
+    with Client(api.base_url, timeout=5.0) as c:
+        yield c
