@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmserv._bindings import _llama_h as h
+from lmserv._bindings._log import LogRouter, capture_stderr
 from lmserv._bindings._text import PieceAssembler
 from lmserv._bindings.params import SamplingParams
-from lmserv.errors import ContextOverflow, LlamaError
+from lmserv.errors import ConfigError, ContextOverflow, LlamaError
 
 __all__ = ["Decoder", "Handles", "Tally", "interrupted"]
 
@@ -101,8 +102,10 @@ class Decoder:
         *,
         embedding: bool,
         reuse: bool = False,
+        log: LogRouter | None = None,
     ) -> None:
         self._lib = lib
+        self._log = log
         self._reuse = reuse
         self._handles = handles
         self._live = handles.live
@@ -245,15 +248,48 @@ class Decoder:
 
         return argmax
 
+    def _grammar(self, grammar: str) -> h.llama_sampler_p:
+        """libllama's grammar sampler for GBNF ``grammar`` (root rule ``root``).
+
+        libllama returns ``NULL`` for a grammar that does not parse and says why only on stderr
+        and in its log, so those lines go into the :class:`~lmserv.errors.ConfigError`.
+        """
+        mark = self._log.mark() if self._log else 0
+        with capture_stderr() as printed:  # the parser's reason goes to stderr, not the log
+            sampler = self._lib.llama_sampler_init_grammar(
+                self._vocab, grammar.encode("utf-8"), b"root"
+            )
+        if not sampler:
+            said = [line for line in printed if "error" in line]
+            said += self._log.problems_since(mark) if self._log else []
+            first = grammar.strip().splitlines()[0] if grammar.strip() else ""
+            raise ConfigError(
+                f"llama.cpp could not parse the grammar (starting {first[:80]!r}); write it in "
+                'GBNF with a rule named root, e.g. \'root ::= "yes" | "no"\''
+                + ("; llama.cpp said: " + " | ".join(said[-3:]) if said else "")
+            )
+        return sampler
+
     def _make_sampler(self, s: SamplingParams) -> h.llama_sampler_p | None:
-        """A sampler chain for ``s``, or ``None`` for greedy (see :meth:`_picker`)."""
-        if s.temperature <= 0:
+        """A sampler chain for ``s``, or ``None`` for greedy without a grammar (see
+        :meth:`_picker`). A grammar comes first in the chain: every later step only sees the
+        tokens it allows."""
+        grammar = self._grammar(s.grammar) if s.grammar is not None else None
+        if s.temperature <= 0 and grammar is None:
             return None
         lib = self._lib
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         if not chain:  # pragma: no cover - allocation failure
+            if grammar:
+                lib.llama_sampler_free(grammar)
             raise LlamaError("llama_sampler_chain_init failed")
-        parts: list[h.llama_sampler_p | None] = []
+        parts: list[h.llama_sampler_p | None] = [grammar] if grammar else []
+        if s.temperature <= 0:
+            parts.append(lib.llama_sampler_init_greedy())
+            for part in parts:
+                if part:
+                    lib.llama_sampler_chain_add(chain, part)
+            return chain
         if s.top_k > 0:
             parts.append(lib.llama_sampler_init_top_k(s.top_k))
         if s.top_p < 1.0:

@@ -643,6 +643,14 @@ class LibLlama(Protocol):
         penalty_present: float,
     ) -> llama_sampler_p | None: ...
 
+    # struct llama_sampler * llama_sampler_init_grammar(const struct llama_vocab * vocab,
+    #         const char * grammar_str, const char * grammar_root);
+    # Returns NULL when grammar_str does not parse (the reason goes to the log).
+    @_c([_vocab, c_char_p, c_char_p], _smpl)
+    def llama_sampler_init_grammar(
+        self, vocab: llama_vocab_p, grammar_str: bytes, grammar_root: bytes
+    ) -> llama_sampler_p | None: ...
+
     # llama_token llama_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx,
     #                                  int32_t idx);
     @_c([_smpl, _ctx, c_int32], llama_token)
