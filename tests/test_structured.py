@@ -114,9 +114,12 @@ def test_a_grammar_constrains_a_short_answer(engine: str, served: Client, llm: L
     assert e.chat(PROMPT, grammar=GRAMMAR, temperature=0, max_tokens=8).text in SHORT
 
 
-def test_a_bad_grammar_is_a_clear_error_on_both_sides(served: Client, llm: Llama) -> None:
+def test_a_bad_grammar_is_a_clear_error_on_both_sides(
+    served: Client, llm: Llama, capfd: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(ConfigError, match=r"could not parse the grammar.*expecting"):
         llm.complete(PROMPT, grammar='root ::= ( " three"')
+    assert "error parsing grammar" not in capfd.readouterr().err  # logged, not printed
     with pytest.raises(ConfigError, match="could not parse the grammar"):
         llm.complete(PROMPT, grammar='answer ::= " three"')  # no root rule
     with pytest.raises(ConfigError, match="could not parse the grammar"):

@@ -89,6 +89,9 @@ class LogRouter:
             return [line for serial, line in self._problems if serial > mark]
 
 
+_STDERR_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def capture_stderr() -> Iterator[list[str]]:
     """Catch what C code writes to file descriptor 2 meanwhile; the list holds its lines after.
@@ -96,10 +99,11 @@ def capture_stderr() -> Iterator[list[str]]:
     For the few llama.cpp messages that bypass its log callback (the grammar parser's error goes
     to ``fprintf(stderr, ...)``): they are logged here instead of reaching the terminal. Keep the
     ``with`` block to one short C call: the whole process's stderr is redirected while it runs.
+    Captures take turns (two at once in two threads would each restore the other's sink).
     """
     lines: list[str] = []
     sys.stderr.flush()
-    with tempfile.TemporaryFile() as sink:
+    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
         saved = os.dup(2)
         try:
             os.dup2(sink.fileno(), 2)
