@@ -19,6 +19,12 @@ sdist's ``vendor/llama.cpp``), and served by ``_api_server.ApiServer`` over a re
 - the tools, the call arguments and the weather question are the ones of the server's own test
   tools/server/tests/unit/test_tool_call.py (``TEST_TOOL``, ``WEATHER_TOOL``), and the stream is
   assembled exactly as its tests/utils.py does.
+
+A live recording was tried: llama-server with the counting model, ``tool_choice="required"`` and
+a tool-calling chat template (Qwen 2.5's, Llama 3.2's from the sdist's models/templates) answers
+400 "Failed to initialize samplers": its tool-call grammar is prefilled with the template's
+generation prompt, which the counting vocabulary tokenizes into bytes the grammar refuses; with
+a template of no generation prompt the server detects no tool-call format and ignores the tools.
 """
 
 from __future__ import annotations
