@@ -326,10 +326,20 @@ class Decoder:
             full.data, full.size, full.selected, full.sorted = data, n_vocab, -1, False
             apply(grammar, ctypes.byref(full))
             if sampler is None:
-                token = int(every["id"][every["logit"].argmax()])
+                best = int(every["logit"].argmax())
+                token, logit = int(every["id"][best]), float(every["logit"][best])
             else:
                 apply(sampler, ctypes.byref(full))
-                token = int(full.data[full.selected].id)
+                chosen = full.data[full.selected] if full.selected >= 0 else one
+                token, logit = int(chosen.id), float(chosen.logit)
+            if logit == -math.inf:
+                # Accepting a token the grammar refuses throws a C++ exception through the C
+                # API, which aborts the process: refuse here instead.
+                raise LlamaError(
+                    "the grammar allows no token of this model's vocabulary here; check that "
+                    "the vocabulary can write what the grammar asks for"
+                )
+            if sampler is not None:
                 accept(sampler, token)
             accept(grammar, token)
             return token
