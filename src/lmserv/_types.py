@@ -253,6 +253,10 @@ def response_format_schema(
 
     >>> response_format_schema({"type": "json_object"})
     {'type': 'object'}
+    >>> response_format_schema({"type": "json_object"}, {"enum": [1]})  # json_schema= kept
+    {'enum': [1]}
+    >>> response_format_schema({"type": "text"}) is None
+    True
     >>> response_format_schema({"type": "json_schema", "json_schema": {"schema": {"enum": [1]}}})
     {'enum': [1]}
     """
