@@ -143,3 +143,16 @@ def test_a_bad_schema_is_a_clear_error_on_both_sides(served: Client, llm: Llama)
     unresolvable = {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}
     with pytest.raises(BadRequestError, match=r"cannot resolve \$ref #/\$defs/missing"):
         served.complete(PROMPT, json_schema=unresolvable)
+
+
+def test_the_same_grammar_gives_the_same_greedy_answer_on_both_sides(
+    served: Client, llm: Llama
+) -> None:
+    # A grammar the model fights (it would rather continue the count): both sides pick the
+    # allowed token with the largest logit, through their different sampling code.
+    against = 'root ::= ( " five" | " seven" | " nine" ) ( " two" | " one" )'
+    options: dict[str, Any] = {"temperature": 0, "max_tokens": 8}
+    ours = llm.complete(PROMPT, grammar=against, **options)
+    theirs = served.complete(PROMPT, grammar=against, **options)
+    assert ours.text == theirs.text
+    assert (ours.completion_tokens, ours.stop_type) == (theirs.completion_tokens, "eos")
