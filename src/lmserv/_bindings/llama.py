@@ -435,10 +435,8 @@ class Llama:
 
         Stops at the model's end-of-generation token (unless ``ignore_eos``), after
         ``max_tokens`` tokens (default 256, ``-1``: no limit), when the context is full, or
-        before the first ``stop`` string (not included). ``grammar=`` (GBNF, root rule ``root``)
-        or ``json_schema=`` constrain the text through libllama's grammar sampler; a grammar
-        that does not parse, or a schema keyword outside the supported subset (see
-        :func:`lmserv.json_schema_grammar`), raises :class:`~lmserv.errors.ConfigError`. ``temperature <= 0`` is greedy. The
+        before the first ``stop`` string (not included). ``grammar`` (GBNF) or ``json_schema``
+        constrain the text (a bad one: ``ConfigError``). ``temperature <= 0`` is greedy. The
         options come as a :class:`~lmserv.SamplingOptions` and/or its keywords (a keyword wins);
         unset ones take ``SamplingParams``' defaults (llama-server's). Raises
         :class:`~lmserv.errors.ContextOverflow` when the prompt alone does not fit in ``n_ctx``.
@@ -541,11 +539,7 @@ class Llama:
         """The assistant's reply to ``messages`` (a ``str`` is one user turn), as the same
         :class:`~lmserv.ChatCompletion` as :meth:`Client.chat <lmserv.Client.chat>`; see
         :meth:`format_chat` for the template and :meth:`generate` for the options.
-
-        ``response_format`` constrains the reply as llama-server does (``{"type":
-        "json_object"}``: any JSON object; ``{"type": "json_schema", "json_schema": {"schema":
-        {...}}}``: that schema). ``tools``/``tool_choice`` raise
-        :class:`~lmserv.errors.ConfigError`: tool calls need llama-server's Jinja templates.
+        ``response_format`` works as on llama-server; ``tools`` raise ``ConfigError`` (no Jinja).
         """
         tally = Tally()
         options = self._sampling(sampling, chat_options(sampling, kwargs, "chat"), "chat")
@@ -561,9 +555,8 @@ class Llama:
     ) -> LlamaStream[ChatCompletion]:
         """Like :meth:`chat`, yielding the reply in pieces (``.result`` at the end)."""
         tally = Tally()
-        options = self._sampling(
-            sampling, chat_options(sampling, kwargs, "chat_stream"), "chat_stream"
-        )
+        given = chat_options(sampling, kwargs, "chat_stream")
+        options = self._sampling(sampling, given, "chat_stream")
         with self._lock:
             pieces = holding(self, self._start(self.format_chat(messages), options, tally))
         return LlamaStream(pieces, partial(chat_completion, self._model_path.name, tally))
