@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from _api_server import ApiServer
 from _helpers import cli_env, llama_server_pids
-from lmserv import config
+from lmserv import Client, config
 from lmserv.install import LlamaBuild, load_catalog
 from lmserv.install._download import is_verified
 from lmserv.install.llama_build import build_shared, shared_build_dir
@@ -106,3 +107,17 @@ def gemma_model() -> Path:
             "LMSERV_TEST_GEMMA to a verified copy"
         )
     return GEMMA_PATH
+
+
+@pytest.fixture
+def api() -> Iterator[ApiServer]:
+    """The stand-in of llama-server's API (``_api_server.ApiServer``), recording requests."""
+    with ApiServer() as server:
+        yield server
+
+
+@pytest.fixture
+def client(api: ApiServer) -> Iterator[Client]:
+    """A :class:`~lmserv.Client` of :func:`api`."""
+    with Client(api.base_url, timeout=5.0) as c:
+        yield c

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,19 +28,6 @@ from lmserv import (
     SamplingOptions,
     ServerUnavailable,
 )
-
-
-@pytest.fixture
-def api() -> Iterator[ApiServer]:
-    with ApiServer() as server:
-        yield server
-
-
-@pytest.fixture
-def client(api: ApiServer) -> Iterator[Client]:
-    with Client(api.base_url, timeout=5.0) as c:
-        yield c
-
 
 # -- request bodies ------------------------------------------------------------------------------
 

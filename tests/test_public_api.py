@@ -12,6 +12,7 @@ EXPECTED = {
     # results and options
     "ChatCompletion", "Completion", "Timings", "SamplingOptions", "LlamaParams", "Settings", "ServerInfo", "GPU",
     "OffloadPlan", "SplitOptions", "CatalogEntry", "LocalModel", "LlamaBuild", "ServedModel",
+    "ChatArgs", "ToolCall", "json_schema_grammar",
     # what runs a model
     "LlamaServer", "Client", "AsyncClient", "TextStream", "AsyncTextStream", "Llama", "LlamaStream",
     "RpcWorker", "ModelService",

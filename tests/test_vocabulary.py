@@ -63,7 +63,8 @@ def test_generation_takes_sampling_options_or_their_keywords(name: str) -> None:
     for cls in (Client, AsyncClient, Llama):
         params = inspect.signature(getattr(cls, name)).parameters
         assert params["sampling"].annotation == "SamplingOptions | None", cls
-        assert params["kwargs"].annotation == "Unpack[SamplingArgs]", cls
+        keywords = "ChatArgs" if name.startswith("chat") else "SamplingArgs"
+        assert params["kwargs"].annotation == f"Unpack[{keywords}]", cls
 
 
 def test_the_keyword_form_mirrors_the_options_object() -> None:

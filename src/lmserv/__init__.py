@@ -10,6 +10,7 @@ Public API (see README.md)::
     from lmserv import RpcWorker, split_options          # several machines / GPUs
     from lmserv import Llama, LlamaParams   # in-process inference (loads libllama lazily)
     from lmserv import SamplingOptions      # what Client, AsyncClient and Llama generate with
+    from lmserv import ToolCall, json_schema_grammar   # structured output and tool calls
     from lmserv.testing import write_counting_model   # test models stay a submodule
 """
 
@@ -20,7 +21,8 @@ __version__ = "0.1.0"  # the one place the version is written (pyproject.toml re
 from lmserv._bindings._stream import LlamaStream
 from lmserv._bindings.llama import Llama
 from lmserv._bindings.params import LlamaParams
-from lmserv._types import ChatCompletion, Completion, SamplingOptions, Timings
+from lmserv._grammar import json_schema_grammar
+from lmserv._types import ChatArgs, ChatCompletion, Completion, SamplingOptions, Timings, ToolCall
 from lmserv.client._client import AsyncClient, AsyncTextStream, Client, TextStream
 from lmserv.config import Settings, get_settings, load_settings
 from lmserv.errors import (
@@ -91,6 +93,7 @@ __all__ = [
     "BinaryNotFound",
     "BuildError",
     "CatalogEntry",
+    "ChatArgs",
     "ChatCompletion",
     "ChecksumMismatch",
     "Client",
@@ -129,6 +132,7 @@ __all__ = [
     "SplitOptions",
     "TextStream",
     "Timings",
+    "ToolCall",
     "ToolchainMissing",
     "UnsafeArchive",
     "WorkerError",
@@ -143,6 +147,7 @@ __all__ = [
     "find_library",
     "find_service",
     "get_settings",
+    "json_schema_grammar",
     "list_models",
     "load_catalog",
     "load_settings",

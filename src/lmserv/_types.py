@@ -1,6 +1,9 @@
 """The vocabulary shared by :class:`~lmserv.Client`, :class:`~lmserv.AsyncClient` and
 :class:`~lmserv.Llama`: what a generation is asked (:class:`SamplingOptions`, ``Messages``) and
-what it answers (:class:`Completion`, :class:`ChatCompletion`, :class:`Timings`).
+what it answers (:class:`Completion`, :class:`ChatCompletion` with its :class:`ToolCall`,
+:class:`Timings`). Structured output is part of the vocabulary: ``grammar``/``json_schema`` are
+sampling options (a grammar is a sampler in llama.cpp), and a chat's ``tools``, ``tool_choice``
+and ``response_format`` are declared once in :class:`ChatArgs`.
 
 Results are frozen dataclasses built from llama-server's JSON (or, in process, from what
 ``Llama`` measured). Each keeps the JSON it came from in ``raw`` (excluded from equality and
@@ -9,6 +12,7 @@ Results are frozen dataclasses built from llama-server's JSON (or, in process, f
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -18,12 +22,16 @@ from typing import Any, TypedDict
 from lmserv.errors import ConfigError
 
 __all__ = [
+    "ChatArgs",
     "ChatCompletion",
     "Completion",
     "Messages",
     "SamplingArgs",
     "SamplingOptions",
     "Timings",
+    "ToolCall",
+    "chat_values",
+    "response_format_schema",
 ]
 
 #: A conversation: ``[{"role": "user", "content": "..."}, ...]``; a ``str`` is one user turn.
@@ -69,6 +77,14 @@ def _check(values: Mapping[str, Any]) -> None:
     ignore_eos = values.get("ignore_eos")
     if ignore_eos is not None and not isinstance(ignore_eos, bool):
         problems.append(f"ignore_eos={ignore_eos!r} must be True, False or None")
+    grammar = values.get("grammar")
+    if grammar is not None and not (isinstance(grammar, str) and grammar.strip()):
+        problems.append(f'grammar={grammar!r} must be GBNF text, e.g. \'root ::= "yes" | "no"\'')
+    schema = values.get("json_schema")
+    if schema is not None and not isinstance(schema, Mapping):
+        problems.append(f"json_schema={schema!r} must be a JSON schema object (a dict)")
+    if grammar is not None and schema is not None:
+        problems.append("grammar and json_schema cannot be used together (llama-server refuses it)")
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -94,6 +110,11 @@ class SamplingOptions:
     - ``seed``: makes sampled output repeatable, ``0 <= seed < 2**32 - 1``.
     - ``stop``: strings that end the text before they appear (a ``str`` is one).
     - ``ignore_eos``: keep going past the end-of-generation token.
+    - ``grammar``: GBNF text every answer must match (llama.cpp's grammar sampler).
+    - ``json_schema``: a JSON schema every answer must match (turned into a grammar: by
+      llama-server on the server, by :func:`lmserv.json_schema_grammar` in ``Llama``, which
+      raises :class:`~lmserv.errors.ConfigError` for a keyword it does not support). Not
+      together with ``grammar``.
 
     Raises :class:`~lmserv.errors.ConfigError` for a value no engine accepts.
 
@@ -109,6 +130,8 @@ class SamplingOptions:
     seed: int | None = None
     stop: str | Sequence[str] | None = None
     ignore_eos: bool | None = None
+    grammar: str | None = None
+    json_schema: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.stop is not None:
@@ -141,6 +164,112 @@ class SamplingArgs(TypedDict, total=False):
     seed: int | None
     stop: str | Sequence[str] | None
     ignore_eos: bool | None
+    grammar: str | None
+    json_schema: Mapping[str, Any] | None
+
+
+class ChatArgs(SamplingArgs, total=False):
+    """What a chat takes beyond the sampling options, in the OpenAI shapes llama-server reads.
+
+    - ``tools``: ``[{"type": "function", "function": {"name", "description", "parameters"}}]``;
+      the server needs ``--jinja`` (its chat templates parse the calls into
+      :attr:`ChatCompletion.tool_calls`).
+    - ``tool_choice``: ``"auto"``, ``"none"``, ``"required"`` or
+      ``{"type": "function", "function": {"name": ...}}``.
+    - ``response_format``: ``{"type": "json_object"}`` (any object, or ``"schema": {...}``),
+      ``{"type": "json_schema", "json_schema": {"schema": {...}}}`` or ``{"type": "text"}``.
+    """
+
+    tools: Sequence[Mapping[str, Any]] | None
+    tool_choice: str | Mapping[str, Any] | None
+    response_format: Mapping[str, Any] | None
+
+
+_CHAT_NAMES = ("tools", "tool_choice", "response_format")
+_TOOL_CHOICES = ("auto", "none", "required")
+
+
+def _check_chat(values: Mapping[str, Any]) -> None:
+    problems = []
+    tools = values.get("tools")
+    if tools is not None:
+        ok = isinstance(tools, Sequence) and not isinstance(tools, str)
+        for tool in tools if ok else ():
+            function = tool.get("function") if isinstance(tool, Mapping) else None
+            if not (
+                isinstance(function, Mapping)
+                and tool.get("type", "function") == "function"
+                and isinstance(function.get("name"), str)
+                and function["name"]
+            ):
+                ok = False
+        if not ok:
+            problems.append(
+                f"tools={tools!r} must be a list of "
+                '{"type": "function", "function": {"name": ..., "parameters": {...}}}'
+            )
+    choice = values.get("tool_choice")
+    if choice is not None and not (
+        choice in _TOOL_CHOICES
+        or (isinstance(choice, Mapping) and isinstance(choice.get("function"), Mapping))
+    ):
+        problems.append(
+            f"tool_choice={choice!r} must be one of {', '.join(_TOOL_CHOICES)} or "
+            '{"type": "function", "function": {"name": ...}}'
+        )
+    fmt = values.get("response_format")
+    if fmt is not None:
+        kind = fmt.get("type") if isinstance(fmt, Mapping) else None
+        if kind not in ("text", "json_object", "json_schema"):
+            problems.append(
+                f"response_format={fmt!r} must be {{'type': 'json_object'}}, "
+                "{'type': 'json_schema', 'json_schema': {'schema': {...}}} or {'type': 'text'}"
+            )
+        elif kind == "json_schema" and not isinstance(
+            (fmt.get("json_schema") or {}).get("schema", {}), Mapping
+        ):
+            problems.append(f"response_format={fmt!r}: json_schema.schema must be an object")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def chat_values(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a chat's keywords into the sampling ones and the :class:`ChatArgs` ones (the
+    latter checked, ``None`` ones dropped). Raises :class:`ConfigError` for a bad value."""
+    if not any(name in kwargs for name in _CHAT_NAMES):
+        return dict(kwargs), {}
+    sampling = {k: v for k, v in kwargs.items() if k not in _CHAT_NAMES}
+    chat = {k: kwargs[k] for k in _CHAT_NAMES if kwargs.get(k) is not None}
+    _check_chat(chat)
+    return sampling, chat
+
+
+def response_format_schema(
+    response_format: Mapping[str, Any] | None, json_schema: Mapping[str, Any] | None = None
+) -> Mapping[str, Any] | None:
+    """The JSON schema a chat's answer must match, read as llama-server reads it: ``json_object``
+    takes its ``schema`` (else ``json_schema`` if given), ``json_schema`` its
+    ``json_schema.schema``, ``text`` adds nothing; an empty schema means any JSON object.
+
+    >>> response_format_schema({"type": "json_object"})
+    {'type': 'object'}
+    >>> response_format_schema({"type": "json_object"}, {"enum": [1]})  # json_schema= kept
+    {'enum': [1]}
+    >>> response_format_schema({"type": "text"}) is None
+    True
+    >>> response_format_schema({"type": "json_schema", "json_schema": {"schema": {"enum": [1]}}})
+    {'enum': [1]}
+    """
+    schema = json_schema
+    if response_format is not None:
+        kind = response_format.get("type")
+        if kind == "json_object" and ("schema" in response_format or not schema):
+            schema = response_format.get("schema") or {}
+        elif kind == "json_schema":
+            schema = (response_format.get("json_schema") or {}).get("schema") or {}
+    if schema is not None and not schema:
+        return {"type": "object"}
+    return schema
 
 
 _NAMES = tuple(f.name for f in fields(SamplingOptions))
@@ -283,9 +412,56 @@ class Completion:
         )
 
 
+def _parse_arguments(text: str) -> Any:
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call the model asked for (``message.tool_calls[i]`` in OpenAI's shape).
+
+    ``arguments`` is the JSON text as the server sent it; ``parsed`` is that text decoded
+    (``{}`` for an empty text, ``None`` when it is not JSON: a model can write bad JSON).
+
+    >>> ToolCall(id="a1", name="get_weather", arguments='{"city": "Paris"}').parsed
+    {'city': 'Paris'}
+    """
+
+    id: str
+    name: str
+    arguments: str
+    type: str = "function"
+    parsed: Any = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parsed", _parse_arguments(self.arguments))
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ToolCall:
+        """Build from ``{"id", "type", "function": {"name", "arguments"}}``."""
+        function = data.get("function") or {}
+        arguments = function.get("arguments")
+        if not isinstance(arguments, str):  # some servers send an object
+            arguments = json.dumps(arguments) if arguments is not None else ""
+        return cls(
+            id=str(data.get("id") or ""),
+            name=str(function.get("name") or ""),
+            arguments=arguments,
+            type=str(data.get("type") or "function"),
+        )
+
+
 @dataclass(frozen=True)
 class ChatCompletion:
-    """The first choice of an OpenAI-style ``/v1/chat/completions`` answer."""
+    """The first choice of an OpenAI-style ``/v1/chat/completions`` answer.
+
+    ``tool_calls`` holds the calls the model asked for (``finish_reason`` is then
+    ``"tool_calls"``); ``reasoning_content`` the model's thinking when the server splits it
+    from the answer (``--reasoning-format``), ``""`` otherwise.
+    """
 
     text: str
     role: str
@@ -295,11 +471,21 @@ class ChatCompletion:
     timings: Timings | None
     model: str = ""
     id: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    reasoning_content: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], *, text: str | None = None) -> ChatCompletion:
-        """Build from a chat answer (or a stream's last chunk, with ``text`` joined)."""
+    def from_json(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        text: str | None = None,
+        reasoning: str | None = None,
+        tool_calls: Sequence[ToolCall] | None = None,
+    ) -> ChatCompletion:
+        """Build from a chat answer (or a stream's last chunk, with what the deltas carried:
+        ``text``, ``reasoning`` and ``tool_calls`` assembled)."""
         choices = data.get("choices") or [{}]
         choice = choices[0] if isinstance(choices[0], Mapping) else {}
         message = choice.get("message") or choice.get("delta") or {}
@@ -313,5 +499,11 @@ class ChatCompletion:
             timings=Timings.from_json(data.get("timings")),
             model=str(data.get("model", "")),
             id=str(data.get("id", "")),
+            tool_calls=tuple(ToolCall.from_json(call) for call in message.get("tool_calls") or ())
+            if tool_calls is None
+            else tuple(tool_calls),
+            reasoning_content=str(message.get("reasoning_content") or "")
+            if reasoning is None
+            else reasoning,
             raw=data,
         )

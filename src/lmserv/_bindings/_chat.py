@@ -10,12 +10,37 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from lmserv._bindings import _llama_h as h
 from lmserv._inputs import check_text
+from lmserv._types import SamplingOptions, chat_values, response_format_schema, sampling_values
 from lmserv.errors import ConfigError, LlamaError
 
-__all__ = ["apply_chat_template", "builtin_chat_templates"]
+__all__ = ["apply_chat_template", "builtin_chat_templates", "chat_options"]
+
+
+def chat_options(
+    sampling: SamplingOptions | None, kwargs: Mapping[str, Any], method: str
+) -> dict[str, Any]:
+    """The sampling keywords of an in-process chat call: ``response_format`` becomes the
+    ``json_schema`` the reply must match, read as llama-server reads it; ``tools`` and
+    ``tool_choice`` raise :class:`~lmserv.errors.ConfigError` (libllama has no Jinja templates
+    to write and parse tool calls with)."""
+    plain, chat = chat_values(kwargs)
+    if "tools" in chat or "tool_choice" in chat:
+        raise ConfigError(
+            f"Llama.{method}() cannot take tools or tool_choice: tool calls are written and "
+            "parsed by llama-server's Jinja chat templates, which libllama does not have; "
+            "serve the model (`lmserv serve MODEL --jinja`) and use Client.chat(tools=...)"
+        )
+    fmt = chat.get("response_format")
+    if fmt is not None:
+        given = sampling_values(sampling, plain, f"Llama.{method}")
+        schema = response_format_schema(fmt, given.get("json_schema"))
+        if schema is not None:
+            plain["json_schema"] = schema
+    return plain
 
 
 def builtin_chat_templates(lib: h.LibLlama) -> list[str]:

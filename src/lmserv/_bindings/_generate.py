@@ -15,6 +15,7 @@ by another thread meanwhile makes that stream raise :func:`interrupted` at its n
 from __future__ import annotations
 
 import ctypes
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmserv._bindings import _llama_h as h
+from lmserv._bindings._log import LogRouter, capture_stderr
 from lmserv._bindings._text import PieceAssembler
 from lmserv._bindings.params import SamplingParams
-from lmserv.errors import ContextOverflow, LlamaError
+from lmserv.errors import ConfigError, ContextOverflow, LlamaError
 
 __all__ = ["Decoder", "Handles", "Tally", "interrupted"]
 
@@ -101,8 +103,10 @@ class Decoder:
         *,
         embedding: bool,
         reuse: bool = False,
+        log: LogRouter | None = None,
     ) -> None:
         self._lib = lib
+        self._log = log
         self._reuse = reuse
         self._handles = handles
         self._live = handles.live
@@ -135,24 +139,32 @@ class Decoder:
                     "shorten the prompt or create the Llama with a larger n_ctx"
                 )
             self.serial += 1
-            sampler = self._make_sampler(sampling)
+            grammar = self._grammar(sampling.grammar) if sampling.grammar is not None else None
+            try:
+                sampler = self._make_sampler(sampling)
+            except BaseException:
+                if grammar:
+                    self._lib.llama_sampler_free(grammar)
+                raise
             started = time.perf_counter()
             try:
                 if self._embedding:
                     self._lib.llama_set_embeddings(ctx, False)
                 tally.cached_tokens = self.decode_prompt(ctx, tokens, reuse=self._reuse)
             except BaseException:
-                if sampler:
-                    self._lib.llama_sampler_free(sampler)
+                for owned in (sampler, grammar):
+                    if owned:
+                        self._lib.llama_sampler_free(owned)
                 raise
             tally.prompt_tokens = len(tokens)
             tally.prompt_ms = (time.perf_counter() - started) * 1000.0
-            return self._generation(ctx, sampler, sampling, self.serial, tally)
+            return self._generation(ctx, sampler, grammar, sampling, self.serial, tally)
 
     def _generation(
         self,
         ctx: h.llama_context_p,
         sampler: h.llama_sampler_p | None,
+        grammar: h.llama_sampler_p | None,
         sampling: SamplingParams,
         serial: int,
         tally: Tally,
@@ -161,6 +173,8 @@ class Decoder:
         decode, is_eog = lib.llama_decode, lib.llama_vocab_is_eog
         vocab, n_ctx, piece_of = self._vocab, self._n_ctx, self.piece
         pick = self._picker(ctx, sampler)
+        if grammar is not None:
+            pick = self._constrained(ctx, sampler, grammar, pick)
         limit = sampling.max_tokens
         one = (ctypes.c_int32 * 1)()
         batch = lib.llama_batch_get_one(one, 1)
@@ -205,8 +219,9 @@ class Decoder:
                 yield tail
         finally:
             tally.predicted_ms = (time.perf_counter() - started) * 1000.0
-            if sampler:
-                lib.llama_sampler_free(sampler)
+            for owned in (sampler, grammar):
+                if owned:
+                    lib.llama_sampler_free(owned)
 
     def piece(self, token: int) -> bytes:
         """The bytes of ``token`` as generated text (control tokens give ``b""``), cached."""
@@ -244,6 +259,92 @@ class Decoder:
             return int(as_array(logits, shape=shape).argmax())
 
         return argmax
+
+    def _grammar(self, grammar: str) -> h.llama_sampler_p:
+        """libllama's grammar sampler for GBNF ``grammar`` (root rule ``root``).
+
+        libllama returns ``NULL`` for a grammar that does not parse and says why only on stderr
+        and in its log, so those lines go into the :class:`~lmserv.errors.ConfigError`.
+        """
+        mark = self._log.mark() if self._log else 0
+        with capture_stderr() as printed:  # the parser's reason goes to stderr, not the log
+            sampler = self._lib.llama_sampler_init_grammar(
+                self._vocab, grammar.encode("utf-8"), b"root"
+            )
+        if not sampler:
+            said = [line for line in printed if "error" in line]
+            said += self._log.problems_since(mark) if self._log else []
+            first = grammar.strip().splitlines()[0] if grammar.strip() else ""
+            raise ConfigError(
+                f"llama.cpp could not parse the grammar (starting {first[:80]!r}); write it in "
+                'GBNF with a rule named root, e.g. \'root ::= "yes" | "no"\''
+                + ("; llama.cpp said: " + " | ".join(said[-3:]) if said else "")
+            )
+        return sampler
+
+    def _constrained(
+        self,
+        ctx: h.llama_context_p,
+        sampler: h.llama_sampler_p | None,
+        grammar: h.llama_sampler_p,
+        pick: Callable[[], int],
+    ) -> Callable[[], int]:
+        """``pick`` kept to the tokens ``grammar`` allows, as llama.cpp's own sampling does it.
+
+        Checking the whole vocabulary against a grammar costs more than the rest of a step, so
+        the token is picked freely first and checked alone; only when the grammar refuses it
+        is every candidate checked and the pick made again among those left (greedy: the
+        largest logit; else the sampler chain). Either way the grammar then accepts the token,
+        which moves it along.
+        """
+        import numpy as np
+
+        lib, n_vocab = self._lib, self._n_vocab
+        apply, accept = lib.llama_sampler_apply, lib.llama_sampler_accept
+        one = h.llama_token_data(0, 0.0, 0.0)
+        single = h.llama_token_data_array(ctypes.pointer(one), 1, -1, False)
+        # A numpy array with llama_token_data's layout (int32, float, float; 12 bytes).
+        layout = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+        every = np.zeros(n_vocab, dtype=layout)
+        every["id"] = np.arange(n_vocab, dtype=np.int32)
+        data = every.ctypes.data_as(ctypes.POINTER(h.llama_token_data))
+        full = h.llama_token_data_array(data, n_vocab, -1, False)
+        logits_of, as_array = lib.llama_get_logits_ith, np.ctypeslib.as_array
+
+        def constrained() -> int:
+            token = pick()
+            one.id, one.logit = token, 0.0
+            apply(grammar, ctypes.byref(single))
+            if one.logit != -math.inf:
+                accept(grammar, token)
+                return token
+            logits = logits_of(ctx, -1)
+            if not logits:  # pragma: no cover - only after a failed decode
+                raise LlamaError("llama.cpp produced no logits for the last token")
+            every["id"] = np.arange(n_vocab, dtype=np.int32)
+            every["logit"] = as_array(logits, shape=(n_vocab,))
+            full.data, full.size, full.selected, full.sorted = data, n_vocab, -1, False
+            apply(grammar, ctypes.byref(full))
+            if sampler is None:
+                best = int(every["logit"].argmax())
+                token, logit = int(every["id"][best]), float(every["logit"][best])
+            else:
+                apply(sampler, ctypes.byref(full))
+                chosen = full.data[full.selected] if full.selected >= 0 else one
+                token, logit = int(chosen.id), float(chosen.logit)
+            if logit == -math.inf:
+                # Accepting a token the grammar refuses throws a C++ exception through the C
+                # API, which aborts the process: refuse here instead.
+                raise LlamaError(
+                    "the grammar allows no token of this model's vocabulary here; check that "
+                    "the vocabulary can write what the grammar asks for"
+                )
+            if sampler is not None:
+                accept(sampler, token)
+            accept(grammar, token)
+            return token
+
+        return constrained
 
     def _make_sampler(self, s: SamplingParams) -> h.llama_sampler_p | None:
         """A sampler chain for ``s``, or ``None`` for greedy (see :meth:`_picker`)."""

@@ -643,6 +643,22 @@ class LibLlama(Protocol):
         penalty_present: float,
     ) -> llama_sampler_p | None: ...
 
+    # struct llama_sampler * llama_sampler_init_grammar(const struct llama_vocab * vocab,
+    #         const char * grammar_str, const char * grammar_root);
+    # Returns NULL when grammar_str does not parse (the reason goes to the log).
+    @_c([_vocab, c_char_p, c_char_p], _smpl)
+    def llama_sampler_init_grammar(
+        self, vocab: llama_vocab_p, grammar_str: bytes, grammar_root: bytes
+    ) -> llama_sampler_p | None: ...
+
+    # void llama_sampler_accept(struct llama_sampler * smpl, llama_token token);
+    @_c([_smpl, llama_token], None)
+    def llama_sampler_accept(self, smpl: llama_sampler_p, token: int) -> None: ...
+
+    # void llama_sampler_apply(struct llama_sampler * smpl, llama_token_data_array * cur_p);
+    @_c([_smpl, POINTER(llama_token_data_array)], None)
+    def llama_sampler_apply(self, smpl: llama_sampler_p, cur_p: Any) -> None: ...
+
     # llama_token llama_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx,
     #                                  int32_t idx);
     @_c([_smpl, _ctx, c_int32], llama_token)

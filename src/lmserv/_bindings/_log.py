@@ -11,13 +11,18 @@ C call can quote llama.cpp's own explanation.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+import tempfile
 import threading
 from collections import deque
+from collections.abc import Iterator
 
 from lmserv._bindings import _llama_h as h
 
-__all__ = ["LOGGER_NAME", "LogRouter"]
+__all__ = ["LOGGER_NAME", "LogRouter", "capture_stderr"]
 
 LOGGER_NAME = "lmserv.llama_cpp"
 _logger = logging.getLogger(LOGGER_NAME)
@@ -82,3 +87,32 @@ class LogRouter:
             if self._parts and self._level >= logging.WARNING:
                 self._emit_locked()
             return [line for serial, line in self._problems if serial > mark]
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def capture_stderr() -> Iterator[list[str]]:
+    """Catch what C code writes to file descriptor 2 meanwhile; the list holds its lines after.
+
+    For the few llama.cpp messages that bypass its log callback (the grammar parser's error goes
+    to ``fprintf(stderr, ...)``): they are logged here instead of reaching the terminal. Keep the
+    ``with`` block to one short C call: the whole process's stderr is redirected while it runs.
+    Captures take turns (two at once in two threads would each restore the other's sink).
+    """
+    lines: list[str] = []
+    sys.stderr.flush()
+    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace")
+            lines += [line.strip() for line in text.splitlines() if line.strip()]
+            for line in lines:
+                _logger.warning("%s", line)

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, overload
 from lmserv import config
 from lmserv._bindings import _lib
 from lmserv._bindings import _llama_h as h
-from lmserv._bindings._chat import apply_chat_template, builtin_chat_templates
+from lmserv._bindings._chat import apply_chat_template, builtin_chat_templates, chat_options
 from lmserv._bindings._embed import embed_tokens
 from lmserv._bindings._generate import Decoder, Handles, Tally
 from lmserv._bindings._split import apply_split, check_tensor_mode
@@ -46,6 +46,7 @@ from lmserv._bindings.params import GpuLayers, LlamaParams, SamplingParams, defa
 from lmserv._fs import require_model_file
 from lmserv._inputs import check_text
 from lmserv._types import (
+    ChatArgs,
     ChatCompletion,
     Completion,
     Messages,
@@ -190,7 +191,11 @@ class Llama:
         self._lock = self._handles.lock
         self._finalizer = weakref.finalize(self, self._handles.free)
         self._decoder = Decoder(
-            lib, self._handles, embedding=embedding, reuse=self._params.reuse_prompt
+            lib,
+            self._handles,
+            embedding=embedding,
+            reuse=self._params.reuse_prompt,
+            log=self._router,
         )
 
         mparams = lib.llama_model_default_params()
@@ -430,7 +435,8 @@ class Llama:
 
         Stops at the model's end-of-generation token (unless ``ignore_eos``), after
         ``max_tokens`` tokens (default 256, ``-1``: no limit), when the context is full, or
-        before the first ``stop`` string (not included). ``temperature <= 0`` is greedy. The
+        before the first ``stop`` string (not included). ``grammar`` (GBNF) or ``json_schema``
+        constrain the text (a bad one: ``ConfigError``). ``temperature <= 0`` is greedy. The
         options come as a :class:`~lmserv.SamplingOptions` and/or its keywords (a keyword wins);
         unset ones take ``SamplingParams``' defaults (llama-server's). Raises
         :class:`~lmserv.errors.ContextOverflow` when the prompt alone does not fit in ``n_ctx``.
@@ -528,14 +534,15 @@ class Llama:
         self,
         messages: Messages,
         sampling: SamplingOptions | None = None,
-        **kwargs: Unpack[SamplingArgs],
+        **kwargs: Unpack[ChatArgs],
     ) -> ChatCompletion:
         """The assistant's reply to ``messages`` (a ``str`` is one user turn), as the same
         :class:`~lmserv.ChatCompletion` as :meth:`Client.chat <lmserv.Client.chat>`; see
         :meth:`format_chat` for the template and :meth:`generate` for the options.
+        ``response_format`` works as on llama-server; ``tools`` raise ``ConfigError`` (no Jinja).
         """
         tally = Tally()
-        options = self._sampling(sampling, kwargs, "chat")
+        options = self._sampling(sampling, chat_options(sampling, kwargs, "chat"), "chat")
         with self._lock:  # the whole generation, so another thread cannot interrupt it
             text = "".join(self._start(self.format_chat(messages), options, tally))
         return chat_completion(self._model_path.name, tally, text)
@@ -544,11 +551,12 @@ class Llama:
         self,
         messages: Messages,
         sampling: SamplingOptions | None = None,
-        **kwargs: Unpack[SamplingArgs],
+        **kwargs: Unpack[ChatArgs],
     ) -> LlamaStream[ChatCompletion]:
         """Like :meth:`chat`, yielding the reply in pieces (``.result`` at the end)."""
         tally = Tally()
-        options = self._sampling(sampling, kwargs, "chat_stream")
+        given = chat_options(sampling, kwargs, "chat_stream")
+        options = self._sampling(sampling, given, "chat_stream")
         with self._lock:
             pieces = holding(self, self._start(self.format_chat(messages), options, tally))
         return LlamaStream(pieces, partial(chat_completion, self._model_path.name, tally))

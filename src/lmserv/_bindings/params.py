@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmserv._bindings import _llama_h as h
+from lmserv._grammar import json_schema_grammar
 from lmserv.errors import ConfigError
 
 __all__ = ["GpuLayers", "LlamaParams", "SamplingParams", "default_threads"]
@@ -148,7 +149,8 @@ class SamplingParams:
     llama.cpp's order), except ``max_tokens``: at most 256 new tokens here, where llama-server
     has no limit (``None`` here, ``max_tokens=-1`` in the options). ``temperature <= 0`` is
     greedy (the other fields are ignored). ``seed=None`` draws a fresh random seed each call.
-    Values are checked by ``SamplingOptions``.
+    ``grammar`` is GBNF text (a ``json_schema`` option arrives here converted to one by
+    :func:`lmserv._grammar.json_schema_grammar`). Values are checked by ``SamplingOptions``.
     """
 
     max_tokens: int | None = 256
@@ -159,6 +161,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    grammar: str | None = None
 
     @classmethod
     def resolve(cls, given: Mapping[str, Any], default_seed: int | None) -> SamplingParams:
@@ -169,4 +172,7 @@ class SamplingParams:
         if values.get("max_tokens") == -1:
             values["max_tokens"] = None
         values.setdefault("seed", default_seed)
+        schema = values.pop("json_schema", None)
+        if schema is not None:
+            values["grammar"] = json_schema_grammar(schema)
         return cls(**values)

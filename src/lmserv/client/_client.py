@@ -17,11 +17,13 @@ import httpx
 
 from lmserv._inputs import check_api_key, check_base_url, check_json_text
 from lmserv._types import (
+    ChatArgs,
     ChatCompletion,
     Completion,
     Messages,
     SamplingArgs,
     SamplingOptions,
+    chat_values,
     sampling_values,
 )
 from lmserv.client._responses import (
@@ -169,9 +171,13 @@ class _Base:
         messages on ``_CHAT`` (a ``str`` is one user turn). Sampling options left unset are not
         sent (llama-server's defaults apply); ``extra_body`` goes in last and wins. A chat
         stream asks for the usage chunk too, unless ``extra_body`` sets ``stream_options``.
+        A chat's ``tools``, ``tool_choice`` and ``response_format`` go in as given (checked).
         """
         chat = path == _CHAT
         extra = dict(extra_body or {})
+        chat_fields: dict[str, Any] = {}
+        if chat:
+            kwargs, chat_fields = chat_values(kwargs)
         values = sampling_values(
             sampling, kwargs, f"{type(self).__name__}.{_METHOD[path, stream]}", extra=extra
         )
@@ -189,6 +195,7 @@ class _Base:
                 body["stop"] = list(value)
             else:
                 body[name] = value
+        body.update(chat_fields)
         body.update(extra)
         if stream:
             body = {**body, "stream": True}
@@ -394,7 +401,11 @@ class Client(_Base):
         model: str | None = None,
         **kwargs: Unpack[SamplingArgs],
     ) -> Completion:
-        """Complete ``prompt`` on native ``POST /completion``."""
+        """Complete ``prompt`` on native ``POST /completion``.
+
+        ``grammar=`` (GBNF) and ``json_schema=`` constrain the text (llama-server's native
+        fields; a grammar or schema it cannot use is its :class:`~lmserv.errors.BadRequestError`).
+        """
         request = self._generate_request(_NATIVE, prompt, sampling, kwargs, extra_body, model=model)
         return Completion.from_json(self._post(*request))
 
@@ -420,9 +431,14 @@ class Client(_Base):
         *,
         extra_body: Mapping[str, Any] | None = None,
         model: str | None = None,
-        **kwargs: Unpack[SamplingArgs],
+        **kwargs: Unpack[ChatArgs],
     ) -> ChatCompletion:
-        """Answer a conversation on ``POST /v1/chat/completions`` (a ``str`` is one user turn)."""
+        """Answer a conversation on ``POST /v1/chat/completions`` (a ``str`` is one user turn).
+
+        Besides the sampling options it takes ``tools``, ``tool_choice`` and ``response_format``
+        (see :class:`~lmserv.ChatArgs`); the calls the model makes come back in
+        ``tool_calls``.
+        """
         request = self._generate_request(_CHAT, messages, sampling, kwargs, extra_body, model=model)
         return ChatCompletion.from_json(self._post(*request))
 
@@ -433,9 +449,10 @@ class Client(_Base):
         *,
         extra_body: Mapping[str, Any] | None = None,
         model: str | None = None,
-        **kwargs: Unpack[SamplingArgs],
+        **kwargs: Unpack[ChatArgs],
     ) -> TextStream[ChatCompletion]:
-        """Like :meth:`chat`, yielding text chunks as they arrive (``.result`` at the end)."""
+        """Like :meth:`chat`, yielding text chunks as they arrive (``.result`` at the end, with
+        the tool calls and reasoning the deltas carried assembled)."""
         request = self._generate_request(
             _CHAT, messages, sampling, kwargs, extra_body, model=model, stream=True
         )
@@ -638,7 +655,7 @@ class AsyncClient(_Base):
         *,
         extra_body: Mapping[str, Any] | None = None,
         model: str | None = None,
-        **kwargs: Unpack[SamplingArgs],
+        **kwargs: Unpack[ChatArgs],
     ) -> ChatCompletion:
         """See :meth:`Client.chat`."""
         request = self._generate_request(_CHAT, messages, sampling, kwargs, extra_body, model=model)
@@ -651,7 +668,7 @@ class AsyncClient(_Base):
         *,
         extra_body: Mapping[str, Any] | None = None,
         model: str | None = None,
-        **kwargs: Unpack[SamplingArgs],
+        **kwargs: Unpack[ChatArgs],
     ) -> AsyncTextStream[ChatCompletion]:
         """See :meth:`Client.chat_stream`."""
         request = self._generate_request(

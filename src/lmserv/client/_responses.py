@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from lmserv._types import ChatCompletion, Completion
+from lmserv._types import ChatCompletion, Completion, ToolCall
 from lmserv.errors import (
     APIError,
     APITimeoutError,
@@ -106,14 +106,36 @@ class _EventParser(Generic[R]):
     Native ``/completion`` ends with an event whose ``stop`` is true (no ``[DONE]``); the
     ``/v1`` routes end with ``data: [DONE]``. An error mid-stream arrives as
     ``data: {"error": ...}``.
+
+    A chat's deltas may also carry ``reasoning_content`` pieces and ``tool_calls`` pieces; the
+    latter are assembled as llama-server sends them (``server_chat_msg_diff_to_json_oaicompat``):
+    each names its call by ``index``, the first for a call brings ``id``, ``type`` and
+    ``function.name``, later ones append to ``function.arguments``.
     """
 
     def __init__(self, chat: bool, where: str) -> None:
         self.chat = chat
         self.where = where
         self.parts: list[str] = []
+        self.reasoning: list[str] = []
+        self.calls: dict[int, dict[str, str]] = {}
         self.last: Mapping[str, Any] | None = None
         self.done = False
+
+    def _tool_call_delta(self, delta: Mapping[str, Any]) -> None:
+        index = delta.get("index")
+        if not isinstance(index, int):
+            index = len(self.calls)
+        call = self.calls.setdefault(index, {"id": "", "type": "function", "name": "", "args": ""})
+        if delta.get("id"):
+            call["id"] = str(delta["id"])
+        if delta.get("type"):
+            call["type"] = str(delta["type"])
+        function = delta.get("function") or {}
+        if function.get("name"):
+            call["name"] += str(function["name"])
+        if function.get("arguments"):
+            call["args"] += str(function["arguments"])
 
     def feed(self, line: str) -> str | None:
         """Take one line; return the text it carries, or ``None`` for no text."""
@@ -144,6 +166,10 @@ class _EventParser(Generic[R]):
                 delta = choice.get("delta") or {}
                 if delta.get("content"):
                     text = str(delta["content"])
+                if delta.get("reasoning_content"):
+                    self.reasoning.append(str(delta["reasoning_content"]))
+                for call in delta.get("tool_calls") or ():
+                    self._tool_call_delta(call)
                 if choice.get("finish_reason"):
                     self.last = event
             if not choices and self.last is not None:  # the usage chunk after the finish one
@@ -166,7 +192,13 @@ class _EventParser(Generic[R]):
             )
         joined = "".join(self.parts)
         if self.chat:
-            return ChatCompletion.from_json(self.last, text=joined)
+            calls = [
+                ToolCall(id=c["id"], name=c["name"], arguments=c["args"], type=c["type"])
+                for _, c in sorted(self.calls.items())
+            ]
+            return ChatCompletion.from_json(
+                self.last, text=joined, reasoning="".join(self.reasoning), tool_calls=calls
+            )
         return Completion.from_json(self.last, text=joined)
 
 
