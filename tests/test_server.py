@@ -270,7 +270,7 @@ def _device_line(name: str, description: str) -> str:
 
 def test_info_sees_gpu_offload_and_gpu_left_unused() -> None:
     """The GPU lines follow llama.cpp's format strings (this machine has no GPU to log them)."""
-    from lmserv.server import _parse_info
+    from lmserv._server_info import _parse_info
 
     common = [
         "0.00.002.682 I cmn  common_param: common_params_print_info: build 1 (0c1e570) with GNU",
