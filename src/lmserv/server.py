@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import http.client
 import itertools
 import logging
@@ -64,6 +65,8 @@ class ServerInfo:
     ``weights_on`` the buffers the model weights went to (``CPU_Mapped``, ``CUDA0``, ...).
     ``gpu_unused`` is true when a GPU was found but no weights are on it, the classic
     "GPU detected but not used" (a CPU-only build, ``n_gpu_layers=0``, or too little memory).
+    ``ui`` is true when ``GET /`` answers with the chat page (an HTML page): the build embeds
+    it (``lmserv build --ui``) and the server was not started with ``ui=False``.
     """
 
     base_url: str
@@ -76,6 +79,7 @@ class ServerInfo:
     weights_on: tuple[str, ...]
     gpu_layers: int | None
     total_layers: int | None
+    ui: bool = False
 
     @property
     def gpu_unused(self) -> bool:
@@ -141,6 +145,25 @@ def _http_get(base_url: str, path: str) -> int:
         conn.close()
 
 
+def _serves_page(base_url: str) -> bool:
+    """Whether ``GET /`` answers 200 with HTML: llama-server's chat page is there.
+
+    Asks for gzip because a build with compressed assets answers 415 to a client without it.
+    """
+    parts = urllib.parse.urlsplit(base_url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=5)
+    try:
+        conn.request("GET", "/", headers={"Accept-Encoding": "gzip"})
+        response = conn.getresponse()
+        response.read()
+        kind = response.getheader("Content-Type", "")
+        return response.status == 200 and kind.startswith("text/html")
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
 def _is_loopback(host: str) -> bool:
     # llama-server also listens on a unix socket when the host ends in ".sock": local only.
     return host == "" or host.endswith(".sock") or is_loopback(host)
@@ -161,7 +184,8 @@ class LlamaServer:
     ``"tensor"``, ``"none"``), ``tensor_split`` (shares per device), ``main_gpu``, ``devices``
     (names such as ``"CUDA0"`` or GPU indices); validated before start, see
     ``docs/distributed.md``. ``extra_args`` are appended verbatim (e.g. ``("--embeddings", "--pooling",
-    "mean")``). ``port=None`` lets the OS pick a free port (``--port 0``), so two servers never
+    "mean")``). ``ui=False`` turns off the chat page at ``/`` (``--no-ui``); whether the
+    build has one is :attr:`ServerInfo.ui`. ``port=None`` lets the OS pick a free port (``--port 0``), so two servers never
     race for one. ``binary`` defaults to the finder's ``llama-server``.
 
     Raises :class:`~lmserv.errors.BinaryNotFound` (no binary), :class:`ServerStartError`
@@ -190,6 +214,7 @@ class LlamaServer:
         tensor_split: str | Sequence[float] | None = None,
         main_gpu: int | None = None,
         devices: str | Sequence[str | int] | None = None,
+        ui: bool = True,
     ) -> None:
         self.model = Path(model)
         self.host = host
@@ -206,6 +231,7 @@ class LlamaServer:
         self.extra_args = tuple(str(a) for a in extra_args)
         self.binary = Path(binary) if binary is not None else None
         self.metrics = metrics
+        self.ui = ui
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._log_path_arg = Path(log_path) if log_path is not None else None
@@ -240,6 +266,8 @@ class LlamaServer:
         argv += self._distributed_args()
         if self.metrics:
             argv += ["--metrics"]
+        if not self.ui:
+            argv += ["--no-ui"]
         # Level 4 adds libllama's load report (devices, buffers, offloaded layers) for `info`;
         # later flags win, so extra_args may lower it.
         argv += ["-lv", "4"]
@@ -431,7 +459,10 @@ class LlamaServer:
                     f"{self.log_tail(20)}"
                 )
             time.sleep(0.01)
-        self._info = _parse_info(self._startup, self.base_url, proc.pid, str(self.model))
+        self._info = dataclasses.replace(
+            _parse_info(self._startup, self.base_url, proc.pid, str(self.model)),
+            ui=_serves_page(self.base_url),
+        )
         log.info("llama-server ready at %s: %s", self.base_url, self._info.summary())
         if self._info.gpu_unused:
             log.warning(

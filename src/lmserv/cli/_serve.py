@@ -17,6 +17,7 @@ from typing import Any
 
 from lmserv import config
 from lmserv.cli._distributed import add_distributed_options, distributed_kwargs
+from lmserv.cli._page import add_page_options, announce_page
 from lmserv.client import ChatCompletion, Client, TextStream
 from lmserv.errors import ModelNotFound
 from lmserv.install import models_fetch
@@ -104,6 +105,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--api-key", default=None, help="require this key (Authorization: Bearer); see [server]"
     )
+    add_page_options(p)
     _server_options(p)
     p.set_defaults(func=_serve)
 
@@ -145,7 +147,9 @@ def _serve(args: argparse.Namespace) -> int:
         }
     ).server
     port = settings.port or None  # 0 and None both mean a free port
-    server = _make_server(args, host=settings.host, port=port, api_key=settings.api_key)
+    server = _make_server(
+        args, host=settings.host, port=port, api_key=settings.api_key, ui=args.ui
+    )
     _sigterm_as_interrupt()
     try:
         server.start()
@@ -154,6 +158,13 @@ def _serve(args: argparse.Namespace) -> int:
             flush=True,
         )
         print(f"  {server.info.summary()}", flush=True)
+        announce_page(
+            server.base_url,
+            has_page=server.info.ui,
+            wanted=args.ui,
+            open_browser=args.open,
+            api_key=bool(settings.api_key),
+        )
         print(f"  log: {server.log_path}   stop with Ctrl-C", flush=True)
         code = server.wait()
         print(
