@@ -4,11 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The browser tests drive Debian's chromium (Playwright's own browser download is unreachable).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq chromium
+fi
+
 python3 -m venv .venv
 .venv/bin/python -m pip install --disable-pip-version-check -q -e '.[test]'
 
 # The real CPU llama.cpp build the tests use (same options as tests/conftest.py).
-.venv/bin/lmserv -v build --source pypi --cuda off --rpc --dir "${LMSERV_TEST_BUILD_DIR:-$HOME/.cache/lmserv/llama.cpp}"
+.venv/bin/lmserv -v build --source pypi --cuda off --rpc --no-ui --dir "${LMSERV_TEST_BUILD_DIR:-$HOME/.cache/lmserv/llama.cpp}"
 
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/mypy

@@ -38,7 +38,10 @@ def llama_build() -> Iterator[LlamaBuild]:
     Also points ``LLAMA_BIN_DIR``/``LLAMA_LIB_DIR`` at it for the whole session, so code under
     test (and the subprocesses it starts) find these binaries first.
     """
-    build = build_llama_cpp(TEST_BUILD_DIR, source="pypi", cuda=False, rpc=True, progress=False)
+    # Without the chat page: it needs npm and is tested in its own build (test_browser.py).
+    build = build_llama_cpp(
+        TEST_BUILD_DIR, source="pypi", cuda=False, rpc=True, ui=False, progress=False
+    )
     saved = {k: os.environ.get(k) for k in ("LLAMA_BIN_DIR", "LLAMA_LIB_DIR")}
     os.environ["LLAMA_BIN_DIR"] = str(build.bin_dir)
     os.environ["LLAMA_LIB_DIR"] = str(build.lib_dir)

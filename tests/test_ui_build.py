@@ -18,8 +18,9 @@ import pytest
 
 from _fake_llama import cmake_wrapper, make_fake_llama
 from lmserv.errors import BuildError, ToolchainMissing
-from lmserv.install import _ui, build_llama_cpp
+from lmserv.install import LlamaBuild, _ui, build_llama_cpp
 from lmserv.install import llama_build as lb
+from lmserv.server import LlamaServer
 
 NPM = _ui.find_npm()
 needs_npm = pytest.mark.skipif(NPM is None, reason="npm is not installed")
@@ -196,3 +197,11 @@ def test_builder_embeds_the_page_and_stamps_the_choice(
     monkeypatch.setattr(_ui, "find_npm", lambda: None)
     with pytest.raises(ToolchainMissing, match="npm was not found"):
         build_llama_cpp(out, source=src, cuda=False, ui=True, progress=False)
+
+
+def test_server_without_the_page_says_so(llama_build: LlamaBuild, model: Path) -> None:
+    # The shared test build is made without the page (tests/conftest.py); GET / is not HTML.
+    with LlamaServer(model) as server:
+        assert server.info.ui is llama_build.ui is False
+        assert "--no-ui" not in server.args()
+    assert "--no-ui" in LlamaServer(model, ui=False).args()

