@@ -56,7 +56,12 @@ def test_real_build_second_call_skips_cmake(
     wrapper = cmake_wrapper(tmp_path / "bin", str(REAL_CMAKE), record)
     monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}")
     again = build_llama_cpp(
-        llama_build.bin_dir.parent.parent, source="pypi", cuda=False, rpc=True, progress=False
+        llama_build.bin_dir.parent.parent,
+        source="pypi",
+        cuda=False,
+        rpc=True,
+        ui="auto",  # as build_shared: the page wherever npm is
+        progress=False,
     )
     assert again.binaries == llama_build.binaries
     assert again.commit == llama_build.commit

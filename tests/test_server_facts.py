@@ -13,8 +13,8 @@ import pytest
 
 from lmserv._gguf_meta import read_gguf_scalars
 from lmserv._server_facts import ModelHeader, StartFacts, gpu_backend, model_header
-from lmserv.errors import InvalidModelFile
 from lmserv._server_info import ServerInfo, _parse_info, _with_facts
+from lmserv.errors import InvalidModelFile
 from lmserv.testing import write_counting_model
 
 SLOTS = "0.00.009.663 I srv    load_model: initializing, n_slots = 4, n_ctx_slot = 2048, kv_unified = 'true'"

@@ -38,6 +38,8 @@ class ServerInfo:
     ``extra_args=("-lv", "4")`` from libllama's own load report.
     ``chat_template_fallback`` is true when the model has no chat template, so chat requests
     are formatted with llama.cpp's ChatML fallback (a warning is logged at start).
+    ``ui`` is true when ``GET /`` answers with the chat page (an HTML page): the build embeds
+    it (``lmserv build --ui``) and the server was not started with ``ui=False``.
     """
 
     base_url: str
@@ -51,6 +53,7 @@ class ServerInfo:
     gpu_layers: int | None
     total_layers: int | None
     chat_template_fallback: bool = False
+    ui: bool = False
 
     @property
     def gpu_unused(self) -> bool:
@@ -161,3 +164,22 @@ def _build_from_props(base_url: str, api_key: str | None) -> str:
     except (OSError, ValueError, AttributeError):
         return ""
     return build.rpartition("-")[2]
+
+
+def _serves_page(base_url: str) -> bool:
+    """Whether ``GET /`` answers 200 with HTML: llama-server's chat page is there.
+
+    Asks for gzip because a build with compressed assets answers 415 to a client without it.
+    """
+    parts = urllib.parse.urlsplit(base_url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=5)
+    try:
+        conn.request("GET", "/", headers={"Accept-Encoding": "gzip"})
+        response = conn.getresponse()
+        response.read()
+        kind = response.getheader("Content-Type", "")
+        return response.status == 200 and kind.startswith("text/html")
+    except OSError:
+        return False
+    finally:
+        conn.close()

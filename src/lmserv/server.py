@@ -48,6 +48,7 @@ from lmserv._server_info import (
     _build_from_props,
     _http_get,
     _parse_info,
+    _serves_page,
     _with_facts,
 )
 from lmserv.client._client import DEFAULT_TIMEOUT, Client
@@ -96,7 +97,8 @@ class LlamaServer:
     fields as keywords: ``split_mode`` (``"layer"``, ``"tensor"``, ``"none"``),
     ``tensor_split`` (shares per device), ``main_gpu``, ``devices`` (names such as ``"CUDA0"``
     or GPU indices); validated before start, see ``docs/distributed.md``. ``extra_args`` are appended verbatim (e.g. ``("--embeddings", "--pooling",
-    "mean")``). ``port=None`` lets the OS pick a free port (``--port 0``), so two servers never
+    "mean")``). ``ui=False`` turns off the chat page at ``/`` (``--no-ui``); whether the
+    build has one is :attr:`ServerInfo.ui`. ``port=None`` lets the OS pick a free port (``--port 0``), so two servers never
     race for one. ``binary`` defaults to the finder's ``llama-server``.
 
     Its lifecycle is :class:`~lmserv.RpcWorker`'s: ``start()``, ``stop(timeout)``, ``wait()``,
@@ -132,6 +134,7 @@ class LlamaServer:
         devices: str | Sequence[str | int] | None = None,
         split: SplitOptions | None = None,
         ctx_size: int | None = None,
+        ui: bool = True,
     ) -> None:
         if ctx_size is not None:
             _deprecated("LlamaServer(ctx_size=...)", "n_ctx=")
@@ -163,6 +166,7 @@ class LlamaServer:
         self.extra_args = tuple(str(a) for a in extra_args)
         self.binary = Path(binary) if binary is not None else None
         self.metrics = metrics
+        self.ui = ui
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._log_path_arg = Path(log_path) if log_path is not None else None
@@ -210,6 +214,8 @@ class LlamaServer:
         argv += self._distributed_args()
         if self.metrics:
             argv += ["--metrics"]
+        if not self.ui:
+            argv += ["--no-ui"]
         argv += list(self.extra_args)
         return argv
 
@@ -427,6 +433,7 @@ class LlamaServer:
                 "extra_args=('--chat-template', NAME)",
                 self.model.name,
             )
+        self._info = replace(self._info, ui=_serves_page(self.base_url))
         log.info("llama-server ready at %s: %s", self.base_url, self._info.summary())
         if self._info.gpu_unused:
             log.warning(

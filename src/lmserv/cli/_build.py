@@ -42,6 +42,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="also build the RPC worker ggml-rpc-server (default: setting build.rpc, else no)",
     )
     p.add_argument(
+        "--ui",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="embed llama-server's chat page, built with npm and cached (default: when npm is "
+        "found)",
+    )
+    p.add_argument(
         "--jobs",
         "-j",
         type=positive_int,
@@ -76,12 +83,14 @@ def _run(args: argparse.Namespace) -> int:
         ref=args.ref,
         rpc=opts.rpc,
         jobs=opts.jobs,
+        ui="auto" if args.ui is None else args.ui,
     )
     kind = "CUDA" if result.cuda else "CPU"
     print(f"llama.cpp {result.commit[:12]} ({kind} build)")
     print(f"binaries: {result.bin_dir}")
     for name, path in sorted(result.binaries.items()):
         print(f"  {name}: {path}")
+    print(f"chat page: {'included' if result.ui else 'not included (needs npm; see --ui)'}")
     if result.cuda:
         print(f"NCCL: {'found' if result.nccl else 'not found (multi-GPU tensor split slower)'}")
     return 0

@@ -23,6 +23,7 @@ from lmserv.cli._common import (
     sigterm_as_interrupt,
 )
 from lmserv.cli._distributed import add_distributed_options, distributed_kwargs
+from lmserv.cli._page import add_page_options, announce_page
 from lmserv.cli._ray import add_ray_options, serve_on_ray
 from lmserv.cli._service import add_service_options, serve_models, service_client
 from lmserv.client import ChatCompletion, Client, TextStream
@@ -123,6 +124,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--api-key", default=None, help="require this key (Authorization: Bearer); see [server]"
     )
+    add_page_options(p)
     _server_options(p)
     add_ray_options(p)
     add_service_options(p)
@@ -190,7 +192,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.replicas is not None:
         print(f"lmserv: error: --replicas {args.replicas} needs --ray", file=sys.stderr)
         return 2  # a usage error
-    server = _make_server(args, host=settings.host, port=port, api_key=settings.api_key)
+    server = _make_server(args, host=settings.host, port=port, api_key=settings.api_key, ui=args.ui)
     sigterm_as_interrupt()
     try:
         server.start()
@@ -199,6 +201,13 @@ def _serve(args: argparse.Namespace) -> int:
             flush=True,
         )
         print(f"  {server.info.summary()}", flush=True)
+        announce_page(
+            server.base_url,
+            has_page=server.info.ui,
+            wanted=args.ui,
+            open_browser=args.open,
+            api_key=bool(settings.api_key),
+        )
         print(f"  log: {server.log_path}   stop with Ctrl-C", flush=True)
         code = server.wait()
         print(

@@ -3,7 +3,8 @@
 The build is idempotent (a stamp of commit + options beside the binaries makes a repeat call
 return at once), serialized across processes by a file lock, shows progress from ninja's
 ``[n/N]`` lines, and never waits on the network: the web UI download is off unless the source
-came over the network and the UI host answers.
+came over the network and the UI host answers. With npm on the machine the chat page is built
+from the source instead (:mod:`lmserv.install._ui`, cached) and the download stays off.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from lmserv import config
 from lmserv._fs import atomic_write
 from lmserv.errors import BuildError, ConfigError, ToolchainMissing
 from lmserv.gpu import cuda_compute_capabilities
-from lmserv.install import _source, _toolchain
+from lmserv.install import _source, _toolchain, _ui
 from lmserv.install._source import PINNED_COMMIT, SourceTree
 from lmserv.install._toolchain import Toolchain
 
@@ -51,6 +52,8 @@ RPC_TARGET = "ggml-rpc-server"
 _STAMP = "lmserv-build.json"
 _STAMP_VERSION = 1
 _TAIL_LINES = 40
+# Stamp fields added later, with the value older stamps mean by leaving them out.
+_STAMP_DEFAULTS: dict[str, object] = {"ui": False}
 
 CudaChoice = bool | Literal["auto"]
 Progress = Callable[[int, int, str], None]
@@ -71,6 +74,7 @@ class LlamaBuild:
     log_path: Path | None = None
     libraries: dict[str, Path] = field(default_factory=dict)
     source_dir: Path | None = None  # the llama.cpp tree compiled (``include/llama.h`` is there)
+    ui: bool = False  # llama-server embeds the chat page built by lmserv (see lmserv.install._ui)
 
     def binary(self, name: str) -> Path:
         """Path of binary ``name`` (e.g. ``"llama-server"``) in this build."""
@@ -165,13 +169,17 @@ class _Runner:
         self.progress = progress
         self.tail: deque[str] = deque(maxlen=_TAIL_LINES)
 
-    def run(self, cmd: list[str], what: str) -> str:
+    def run(
+        self, cmd: list[str], what: str, *, cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> str:
         captured: list[str] = []
         with self.log_path.open("a", encoding="utf-8", errors="replace") as logf:
             logf.write(f"\n$ {' '.join(cmd)}\n")
             logf.flush()
             proc = subprocess.Popen(
                 cmd,
+                cwd=cwd,
+                env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -267,6 +275,7 @@ def _result(
         source=str(stamp.get("source", "")),
         log_path=log_path,
         source_dir=Path(str(stamp["source_dir"])) if stamp.get("source_dir") else None,
+        ui=bool(stamp.get("ui")),
     )
 
 
@@ -282,7 +291,9 @@ def _resolve_cuda(cuda: CudaChoice) -> _toolchain.CudaToolkit | None:
         raise
 
 
-def _stamp_key(commit: str, options: dict[str, str], targets: Sequence[str]) -> dict[str, object]:
+def _stamp_key(
+    commit: str, options: dict[str, str], targets: Sequence[str], *, ui: bool = False
+) -> dict[str, object]:
     # The compiler launcher does not change the binaries; leave it out so adding ccache
     # does not force a rebuild.
     opts = {k: v for k, v in options.items() if not k.endswith("_COMPILER_LAUNCHER")}
@@ -291,6 +302,7 @@ def _stamp_key(commit: str, options: dict[str, str], targets: Sequence[str]) -> 
         "commit": commit,
         "options": opts,
         "targets": sorted(targets),
+        "ui": ui,
     }
 
 
@@ -305,7 +317,7 @@ def _previous_build(
     log_path: Path,
 ) -> LlamaBuild | None:
     """The build in ``build_dir`` when its stamp matches ``key`` and every output exists."""
-    if stamp is None or any(stamp.get(k) != v for k, v in key.items()):
+    if stamp is None or any(stamp.get(k, _STAMP_DEFAULTS.get(k)) != v for k, v in key.items()):
         return None
     bin_dir = _output_dirs(build_dir, toolchain)
     binaries, libraries = _expected_outputs(bin_dir, targets, platform)
@@ -339,6 +351,7 @@ def build_llama_cpp(
     rpc: bool = False,
     jobs: int | None = None,
     progress: Progress | bool | None = None,
+    ui: _ui.UiChoice = "auto",
 ) -> LlamaBuild:
     """Build llama.cpp's binaries and shared libraries into ``output_dir/build-{cpu,cuda}/bin``.
 
@@ -347,7 +360,10 @@ def build_llama_cpp(
     ``0c1e570``; the tree's commit is verified after it is obtained. ``cuda``: ``True`` requires
     nvcc and cuBLAS, ``"auto"`` uses them when present, ``False`` builds for the CPU. ``rpc``
     adds ``ggml-rpc-server``. ``progress``: a ``(done, total, line)`` callback, ``False`` for
-    none, default a tqdm bar on a TTY and log lines otherwise.
+    none, default a tqdm bar on a TTY and log lines otherwise. ``ui``: embed llama-server's chat
+    page, built from the source with npm (``True`` requires npm, ``"auto"`` when npm is found);
+    npm's packages and the built page are cached under lmserv's cache folder, so a rebuild runs
+    no npm and works offline.
 
     Returns at once when a previous build with the same commit and options is complete.
 
@@ -358,6 +374,8 @@ def build_llama_cpp(
         raise ConfigError(f"cuda must be True, False or 'auto', not {cuda!r}")
     if jobs is not None and jobs < 1:
         raise ConfigError(f"jobs must be a positive number, not {jobs!r}")
+    npm = _ui.find_npm()
+    page = _ui.resolve_ui(ui, npm)  # ToolchainMissing for ui=True without npm
     platform = sys.platform
     work = config.expand_path(os.fspath(output_dir), what="output_dir").resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -394,6 +412,7 @@ def build_llama_cpp(
                 (ref or PINNED_COMMIT).lower(),
                 options_for(False),
                 any_ui=source is None,
+                ui=page,
                 targets=targets,
                 toolchain=toolchain,
                 platform=platform,
@@ -404,8 +423,12 @@ def build_llama_cpp(
 
         tree: SourceTree = _source.get_source(source, ref, work)
         log.info("llama.cpp source: %s at %s (%s)", tree.path, tree.commit[:12], tree.kind)
-        options = options_for(tree.kind == "git" and _ui_host_reachable())
-        key = _stamp_key(tree.commit, options, targets)
+        page = page and _ui.has_page_source(tree.path, required=ui is True)
+        # The prebuilt download only stands in when lmserv does not build the page itself.
+        options = options_for(
+            not page and ui is not False and tree.kind == "git" and _ui_host_reachable()
+        )
+        key = _stamp_key(tree.commit, options, targets, ui=page)
         previous = _previous_build(
             _read_stamp(build_dir),
             key,
@@ -442,6 +465,18 @@ def build_llama_cpp(
             report, close = progress, lambda: None
         runner = _Runner(log_path, report)
         started = time.monotonic()
+        page_dir: Path | None = None
+        if page:
+            assert npm is not None
+            try:
+                page_dir = _ui.assets_for(tree.path, config.cache_dir(), npm=npm, run=runner.run)
+            except BuildError as exc:
+                if ui is True:
+                    close()
+                    raise
+                log.warning("building llama-server without its chat page: %s", exc)
+                key = _stamp_key(tree.commit, options, targets, ui=False)
+        _ui.place_assets(page_dir, build_dir)
         try:
             configure_out = runner.run(configure, "CMake configure")
             runner.run(build, "compile")
@@ -489,6 +524,7 @@ def _fast_path(
     options: dict[str, str],
     *,
     any_ui: bool,
+    ui: bool = False,
     targets: Sequence[str],
     toolchain: Toolchain,
     platform: str,
@@ -507,7 +543,7 @@ def _fast_path(
         options = {**options, "LLAMA_USE_PREBUILT_UI": str(built["LLAMA_USE_PREBUILT_UI"])}
     return _previous_build(
         stamp,
-        _stamp_key(str(stamp["commit"]), options, targets),
+        _stamp_key(str(stamp["commit"]), options, targets, ui=ui),
         build_dir=build_dir,
         toolchain=toolchain,
         targets=targets,
@@ -529,7 +565,8 @@ def build_shared(
 ) -> LlamaBuild:
     """The one build the demo, the test suite and the benchmarks share, in one place.
 
-    The pinned commit from the PyPI sdist, for the CPU, with the RPC worker, into
+    The pinned commit from the PyPI sdist, for the CPU, with the RPC worker and (when npm is
+    found) the chat page, into
     :func:`shared_build_dir`: the same folder and options everywhere, so running the demo and
     then ``scripts/test.sh`` compiles llama.cpp once. Returns at once when that build is
     complete; otherwise compiles (a few minutes), waiting on the build's file lock if another
@@ -541,6 +578,7 @@ def build_shared(
         source="pypi",
         cuda=False,
         rpc=True,
+        ui="auto",  # the chat page when npm is here (its build is cached), else without it
         progress=progress,
     )
 
