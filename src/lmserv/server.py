@@ -237,7 +237,8 @@ class LlamaServer:
     ``tensor_split`` (shares per device), ``main_gpu``, ``devices`` (names such as ``"CUDA0"``
     or GPU indices); validated before start, see ``docs/distributed.md``. ``extra_args`` are appended verbatim (e.g. ``("--embeddings", "--pooling",
     "mean")``). ``port=None`` lets the OS pick a free port (``--port 0``), so two servers never
-    race for one. ``binary`` defaults to the finder's ``llama-server``.
+    race for one. ``binary`` defaults to the finder's ``llama-server``. ``mmproj`` is a vision
+    model's multimodal projector (``--mmproj``; a hub pull of a vision repository brings it).
 
     Its lifecycle is :class:`~lmserv.RpcWorker`'s: ``start()``, ``stop(timeout)``, ``wait()``,
     ``running``, ``pid``, ``port``, ``returncode``, ``command()``, ``log_path``, ``log_tail()``
@@ -272,6 +273,7 @@ class LlamaServer:
         devices: str | Sequence[str | int] | None = None,
         split: SplitOptions | None = None,
         ctx_size: int | None = None,
+        mmproj: str | os.PathLike[str] | None = None,
     ) -> None:
         if ctx_size is not None:
             _deprecated("LlamaServer(ctx_size=...)", "n_ctx=")
@@ -289,6 +291,7 @@ class LlamaServer:
             split_mode, tensor_split = split.split_mode, split.tensor_split
             main_gpu, devices = split.main_gpu, split.devices
         self.model = Path(model)
+        self.mmproj = Path(mmproj) if mmproj is not None else None
         self.host = host
         self._requested_port = port
         self.n_ctx = n_ctx
@@ -339,6 +342,8 @@ class LlamaServer:
                 searched=(str(binary),),
             )
         argv = [str(binary), "-m", str(self.model), "--host", self.host]
+        if self.mmproj is not None:
+            argv += ["--mmproj", str(self.mmproj)]
         port = self._requested_port
         argv += ["--port", str(port if port is not None else 0)]
         if self.n_ctx is not None:

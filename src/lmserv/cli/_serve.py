@@ -1,6 +1,7 @@
 """``lmserv serve``, ``lmserv run`` and ``lmserv chat``: a model served and talked to.
 
-``MODEL`` is a GGUF path, a catalog name or URL (fetched if needed), or ``counting``: the tiny
+``MODEL`` is a GGUF path, a catalog name, a hub name (``hf.co/OWNER/REPO:QUANT``) or URL
+(fetched if needed), or ``counting``: the tiny
 built-in test model (the default), written on the spot, that counts ``one two`` on to ``ten``.
 """
 
@@ -26,6 +27,7 @@ from lmserv.cli._distributed import add_distributed_options, distributed_kwargs
 from lmserv.cli._ray import add_ray_options, serve_on_ray
 from lmserv.client import ChatCompletion, Client, TextStream
 from lmserv.errors import ConfigError
+from lmserv.install._hub_store import mmproj_for
 from lmserv.server import LlamaServer
 
 __all__ = ["register"]
@@ -72,7 +74,10 @@ def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _make_server(args: argparse.Namespace, **kwargs: Any) -> LlamaServer:
-    return LlamaServer(resolve_model(args.model, pull=True), **_server_kwargs(args), **kwargs)
+    model = resolve_model(args.model, pull=True)
+    # A vision model pulled from the hub came with its projector: llama-server needs both.
+    mmproj = mmproj_for(model, config.models_dir())
+    return LlamaServer(model, **_server_kwargs(args), mmproj=mmproj, **kwargs)
 
 
 def _replica_model(spec: str | None) -> str:
@@ -107,7 +112,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="run llama-server for a model in the foreground",
         description="Start llama-server for MODEL, print its URL, and stop it cleanly on Ctrl-C.",
     )
-    p.add_argument("model", nargs="?", default=None, help="GGUF path, catalog name, or 'counting'")
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="GGUF path, catalog name, hf.co/OWNER/REPO[:QUANT], or 'counting'",
+    )
     p.add_argument("--host", default=None, help="address to bind (default: 127.0.0.1)")
     p.add_argument(
         "--port", type=int_arg(0, 65535), default=None, help="port (default: a free one)"
@@ -127,7 +137,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             name, help=helptext, description=helptext[0].upper() + helptext[1:] + "."
         )
         q.add_argument(
-            "model", nargs="?", default=None, help="GGUF path, catalog name, or 'counting'"
+            "model",
+            nargs="?",
+            default=None,
+            help="GGUF path, catalog name, hf.co/OWNER/REPO[:QUANT], or 'counting'",
         )
         if name == "run":
             q.add_argument(
