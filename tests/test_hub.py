@@ -20,10 +20,10 @@ from _helpers import run_lmserv
 from _hub_server import HubServer, Repo
 from lmserv import ChecksumMismatch, GatedModel, LlamaServer, ModelNotFound
 from lmserv.cli import main
-from lmserv.errors import ConfigError
+from lmserv.errors import ConfigError, DownloadError
 from lmserv.install import download_models, ensure_model, list_models, remove_model
 from lmserv.install._download import read_sidecar
-from lmserv.install._hub import parse_hub_name, quant_of
+from lmserv.install._hub import is_hub_name, parse_hub_name, quant_of
 from lmserv.install._hub_store import mmproj_for
 from lmserv.testing import write_counting_model
 
@@ -90,6 +90,11 @@ def test_malformed_names_are_config_errors(text: str, forms: str) -> None:
         parse_hub_name(text)
 
 
+def test_a_bare_owner_repo_needs_a_quantization_so_paths_stay_paths() -> None:
+    assert is_hub_name("owner/repo:Q4_K_M") and is_hub_name("hf.co/owner/repo")
+    assert not is_hub_name("models/missing") and not is_hub_name("models/x-Q4_K_M.gguf")
+
+
 def test_quantization_is_read_from_file_names() -> None:
     assert quant_of("Q4_K_M/big-Q4_K_M-00002-of-00003.gguf") == "Q4_K_M"
     assert quant_of("model-IQ4_XS.gguf") == "IQ4_XS"
@@ -114,7 +119,7 @@ def test_default_is_q4_k_m_verified_and_pinned(hub: HubServer, tmp_path: Path) -
 
 def test_without_q4_k_m_the_documented_order_decides(hub: HubServer, tmp_path: Path) -> None:
     hub.add("o/other", Repo({f"m-{q}.gguf": blob(q) for q in ("F16", "Q8_0", "Q5_K_M")}))
-    [path] = download_models(["o/other"], tmp_path)
+    [path] = download_models(["hf.co/o/other"], tmp_path)
     assert path.name == "m-Q5_K_M.gguf"
 
 
@@ -220,6 +225,22 @@ def test_offline_uses_what_is_local_and_asks_nothing(
     with pytest.raises(ModelNotFound, match="HF_HUB_OFFLINE is set"):
         ensure_model(f"hf.co/{REPO}:Q2_K", tmp_path)
     assert hub.requests == [] and hub.storage.requests == []
+
+
+def test_offline_never_asks_for_a_catalog_model_either(
+    hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "true")
+    with pytest.raises(ModelNotFound, match="HF_HUB_OFFLINE is set"):
+        download_models(["smollm2-135m-instruct"], tmp_path)
+    assert hub.requests == []
+
+
+def test_a_listing_with_a_path_out_of_the_folder_is_refused(hub: HubServer, tmp_path: Path) -> None:
+    hub.add("o/evil", Repo({"../../escape-Q4_K_M.gguf": blob("e")}))
+    with pytest.raises(DownloadError, match="not a plain relative path"):
+        download_models(["hf.co/o/evil"], tmp_path / "models")
+    assert not list(tmp_path.rglob("escape*"))
 
 
 def test_run_and_serve_find_a_pulled_model_without_the_hub(hub: HubServer, tmp_path: Path) -> None:

