@@ -46,7 +46,8 @@ def git_blob_oid(data: bytes) -> str:
 @dataclass
 class Repo:
     """A repository at one commit. ``lfs`` False keeps files in git (small files); ``digests``
-    overrides the SHA-256 the hub publishes for a path (a hub that lies)."""
+    overrides the SHA-256 the hub publishes for a path (a hub that lies), ``head_digests`` only
+    the one its file metadata (``X-Linked-Etag``) gives (a hub that contradicts itself)."""
 
     files: dict[str, bytes]
     commit: str = "0123456789abcdef0123456789abcdef01234567"
@@ -54,6 +55,7 @@ class Repo:
     private: bool = False
     lfs: bool = True
     digests: dict[str, str] = field(default_factory=dict)
+    head_digests: dict[str, str] = field(default_factory=dict)  # X-Linked-Etag disagreeing
 
     def sha256(self, path: str) -> str:
         return self.digests.get(path) or hashlib.sha256(self.files[path]).hexdigest()
@@ -252,7 +254,7 @@ class _Handler(BaseHTTPRequestHandler):
                 **common,
                 "Location": storage,
                 "ETag": f'"{git_blob_oid(data)}"',
-                "X-Linked-Etag": f'"{sha}"',
+                "X-Linked-Etag": f'"{repo.head_digests.get(path, sha)}"',
                 "X-Linked-Size": str(len(data)),
             },
         )

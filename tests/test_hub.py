@@ -146,6 +146,26 @@ def test_a_hub_that_publishes_a_wrong_digest_loses_the_bytes(
     assert [p.name for p in folder.iterdir() if not p.name.endswith(".lock")] == []
 
 
+def test_a_hub_that_contradicts_itself_gets_no_download(hub: HubServer, tmp_path: Path) -> None:
+    other = hashlib.sha256(b"other").hexdigest()
+    hub.add("o/two", Repo({"m-Q4_K_M.gguf": blob("t")}, head_digests={"m-Q4_K_M.gguf": other}))
+    with pytest.raises(DownloadError, match=f"SHA-256 {other} instead of the listed"):
+        download_models(["hf.co/o/two"], tmp_path)
+    assert storage_requests(hub) == []
+
+
+def test_a_dropped_download_resumes_through_the_redirect(hub: HubServer, tmp_path: Path) -> None:
+    data = blob("r", 400_000)
+    hub.add("o/resume", Repo({"m-Q4_K_M.gguf": data}))
+    hub.storage.set_faults(drop_after=100_000, drop_times=1)
+    [path] = download_models(["hf.co/o/resume"], tmp_path, connections=1, backoff=0.01)
+    assert path.read_bytes() == data
+    ranges = [r.range for r in hub.storage.requests]
+    assert ranges[-1] is not None and ranges[-1].startswith("bytes=") and ranges[-1] != "bytes=0-"
+    resolves = [r for r in hub.requests if "/resolve/" in r.path and r.method == "GET"]
+    assert len(resolves) >= 2  # each try starts at the hub's resolve URL again
+
+
 def test_a_small_git_file_is_verified_by_its_blob_id(hub: HubServer, tmp_path: Path) -> None:
     hub.add("o/small", Repo({"s-Q8_0.gguf": blob("s", 500)}, lfs=False))
     [path] = download_models(["o/small:Q8_0"], tmp_path)
