@@ -160,7 +160,11 @@ def _list(args: argparse.Namespace) -> int:
         else:
             state = colour("unverified", "yellow")
         name = f" ({model.catalog_name})" if model.catalog_name else ""
-        print(f"  {model.path.name}{name}  {_size(model.size)}  {state}")
+        try:  # a partial hub download sits in its repository's folder: show where
+            shown = str(model.path.relative_to(config.expand_path(str(folder), what="--dir")))
+        except ValueError:
+            shown = model.path.name
+        print(f"  {shown}{name}  {_size(model.size)}  {state}")
     if local:
         print(f"  total on disk: {_size(sum(m.size for m in local))}")
     return 0
