@@ -24,7 +24,7 @@ EXPECTED = {
     # errors
     "LmservError", "ConfigError", "InstallError", "ToolchainMissing", "SourceError", "BuildError",
     "BinaryNotFound", "LibraryMismatch", "ModelError", "ModelNotFound", "InvalidModelFile",
-    "DownloadError", "ChecksumMismatch", "InsufficientDiskSpace", "UnsafeArchive", "ServerError",
+    "DownloadError", "GatedModel", "ChecksumMismatch", "InsufficientDiskSpace", "UnsafeArchive", "ServerError",
     "ServerStartError", "ServerTimeout", "APIError", "BadRequestError", "AuthenticationError",
     "NotFoundError", "ServerUnavailable", "LlamaError", "ContextOverflow", "APITimeoutError",
     "WorkerError", "ModelNotServed",
@@ -42,7 +42,9 @@ def test_all_is_exactly_the_public_surface() -> None:
 def test_version_is_written_once() -> None:
     root = Path(__file__).resolve().parents[1]
     pyproject = (root / "pyproject.toml").read_text()
-    assert not re.search(r'^version\s*=\s*"', pyproject, re.M), "pyproject.toml must read the version"
+    assert not re.search(r'^version\s*=\s*"', pyproject, re.M), (
+        "pyproject.toml must read the version"
+    )
     assert version("lmserv") == lmserv.__version__
 
 

@@ -22,6 +22,7 @@ to do next.
     ├── DownloadError
     │   ├── ChecksumMismatch                 SHA-256 differs from the expected digest
     │   ├── InsufficientDiskSpace (OSError)
+    │   ├── GatedModel (PermissionError)     a gated or private hub repository refused access
     │   └── UnsafeArchive                    an archive member would land outside its folder
     ├── ServerError
     │   ├── ServerStartError                 llama-server exited or refused to start
@@ -51,6 +52,7 @@ __all__ = [
     "ConfigError",
     "ContextOverflow",
     "DownloadError",
+    "GatedModel",
     "InstallError",
     "InsufficientDiskSpace",
     "InvalidModelFile",
@@ -156,6 +158,14 @@ class InsufficientDiskSpace(DownloadError, OSError):
     """Not enough free space for a download."""
 
     def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class GatedModel(DownloadError, PermissionError):
+    """A gated or private repository on the hub refused access: accept its licence on the
+    website, then set ``HF_TOKEN`` to a token of that account."""
+
+    def __str__(self) -> str:  # PermissionError would otherwise format errno-style
         return str(self.args[0]) if self.args else ""
 
 

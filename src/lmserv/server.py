@@ -99,7 +99,8 @@ class LlamaServer:
     or GPU indices); validated before start, see ``docs/distributed.md``. ``extra_args`` are appended verbatim (e.g. ``("--embeddings", "--pooling",
     "mean")``). ``ui=False`` turns off the chat page at ``/`` (``--no-ui``); whether the
     build has one is :attr:`ServerInfo.ui`. ``port=None`` lets the OS pick a free port (``--port 0``), so two servers never
-    race for one. ``binary`` defaults to the finder's ``llama-server``.
+    race for one. ``binary`` defaults to the finder's ``llama-server``. ``mmproj`` is a vision
+    model's multimodal projector (``--mmproj``; a hub pull of a vision repository brings it).
 
     Its lifecycle is :class:`~lmserv.RpcWorker`'s: ``start()``, ``stop(timeout)``, ``wait()``,
     ``running``, ``pid``, ``port``, ``returncode``, ``command()``, ``log_path``, ``log_tail()``
@@ -135,6 +136,7 @@ class LlamaServer:
         split: SplitOptions | None = None,
         ctx_size: int | None = None,
         ui: bool = True,
+        mmproj: str | os.PathLike[str] | None = None,
     ) -> None:
         if ctx_size is not None:
             _deprecated("LlamaServer(ctx_size=...)", "n_ctx=")
@@ -152,6 +154,7 @@ class LlamaServer:
             split_mode, tensor_split = split.split_mode, split.tensor_split
             main_gpu, devices = split.main_gpu, split.devices
         self.model = Path(model)
+        self.mmproj = Path(mmproj) if mmproj is not None else None
         self.host = host
         self._requested_port = port
         self.n_ctx = n_ctx
@@ -203,6 +206,8 @@ class LlamaServer:
                 searched=(str(binary),),
             )
         argv = [str(binary), "-m", str(self.model), "--host", self.host]
+        if self.mmproj is not None:
+            argv += ["--mmproj", str(self.mmproj)]
         port = self._requested_port
         argv += ["--port", str(port if port is not None else 0)]
         if self.n_ctx is not None:

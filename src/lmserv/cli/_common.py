@@ -113,7 +113,7 @@ def resolve_model(spec: str | None, *, pull: bool) -> Path:
     ``None`` means the ``models.default`` setting, else :data:`COUNTING` (the tiny built-in
     test model, written on the spot). Anything else goes to
     :func:`lmserv.install._models.resolve_model` (path, file in the models folder, catalog
-    name or alias, URL, ``hf://``); ``pull=True`` downloads a catalog/URL model when needed.
+    name or alias, hub name ``hf.co/OWNER/REPO:QUANT``, URL, ``hf://``); ``pull=True`` downloads a catalog/URL model when needed.
     Raises :class:`~lmserv.errors.ModelNotFound` when nothing matches.
     """
     if spec is None:

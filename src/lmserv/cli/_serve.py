@@ -1,6 +1,7 @@
 """``lmserv serve``, ``lmserv run`` and ``lmserv chat``: a model served and talked to.
 
-``MODEL`` is a GGUF path, a catalog name or URL (fetched if needed), or ``counting``: the tiny
+``MODEL`` is a GGUF path, a catalog name, a hub name (``hf.co/OWNER/REPO:QUANT``) or URL
+(fetched if needed), or ``counting``: the tiny
 built-in test model (the default), written on the spot, that counts ``one two`` on to ``ten``.
 """
 
@@ -28,6 +29,7 @@ from lmserv.cli._ray import add_ray_options, serve_on_ray
 from lmserv.cli._service import add_service_options, serve_models, service_client
 from lmserv.client import ChatCompletion, Client, TextStream
 from lmserv.errors import ConfigError
+from lmserv.install._hub_store import mmproj_for
 from lmserv.server import LlamaServer
 
 __all__ = ["register"]
@@ -74,7 +76,10 @@ def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _make_server(args: argparse.Namespace, **kwargs: Any) -> LlamaServer:
-    return LlamaServer(resolve_model(args.model, pull=True), **_server_kwargs(args), **kwargs)
+    model = resolve_model(args.model, pull=True)
+    # A vision model pulled from the hub came with its projector: llama-server needs both.
+    mmproj = mmproj_for(model, config.models_dir())
+    return LlamaServer(model, **_server_kwargs(args), mmproj=mmproj, **kwargs)
 
 
 def _replica_model(spec: str | None) -> str:
@@ -115,7 +120,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "model",
         nargs="?",
         default=None,
-        help="GGUF path, catalog name, or 'counting'; none: the model service",
+        help="GGUF path, catalog name, hf.co/OWNER/REPO[:QUANT], or 'counting'; none: the model service",
     )
     p.add_argument("--host", default=None, help="address to bind (default: 127.0.0.1)")
     p.add_argument(
@@ -138,7 +143,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             name, help=helptext, description=helptext[0].upper() + helptext[1:] + "."
         )
         q.add_argument(
-            "model", nargs="?", default=None, help="GGUF path, catalog name, or 'counting'"
+            "model",
+            nargs="?",
+            default=None,
+            help="GGUF path, catalog name, hf.co/OWNER/REPO[:QUANT], or 'counting'",
         )
         if name == "run":
             q.add_argument(

@@ -13,6 +13,7 @@ from lmserv.install._models import (
     ensure_model,
     list_models,
     remove_model,
+    remove_partial,
 )
 from lmserv.install.finder import find_binary, find_library
 from lmserv.install.llama_build import LlamaBuild, build_llama_cpp
@@ -30,4 +31,5 @@ __all__ = [
     "list_models",
     "load_catalog",
     "remove_model",
+    "remove_partial",
 ]
