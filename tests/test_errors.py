@@ -85,6 +85,9 @@ def test_nothing_listening_is_server_unavailable_not_a_timeout() -> None:
     assert not isinstance(info.value, TimeoutError)
 
 
+_ALSO: dict[str, set[str]] = {}  # the other bases drawn in parentheses, e.g. "(KeyError)"
+
+
 def _drawn_tree() -> dict[str, str | None]:
     """Each class in the tree drawn in errors.py's docstring -> the class drawn as its parent."""
     parents: dict[str, str | None] = {}
@@ -97,6 +100,8 @@ def _drawn_tree() -> dict[str, str | None]:
         while stack and stack[-1][0] >= column:
             stack.pop()
         parents[found.group(2)] = stack[-1][1] if stack else None
+        also = re.match(r"\s*\(([^)]*)\)", line[found.end(2) :])
+        _ALSO[found.group(2)] = {n.strip() for n in also.group(1).split(",")} if also else set()
         stack.append((column, found.group(2)))
     return parents
 
@@ -106,8 +111,10 @@ def test_the_tree_drawn_in_errors_py_is_true() -> None:
     assert set(drawn) == set(errors.__all__), "the tree and __all__ list different classes"
     for name, parent in drawn.items():
         cls = getattr(errors, name)
-        ours = [b for b in cls.__bases__ if issubclass(b, LmservError)]
-        assert [b.__name__ for b in ours] == ([parent] if parent else []), name
+        ours = [b.__name__ for b in cls.__bases__ if issubclass(b, LmservError)]
+        # The first lmserv base is the drawn parent; a second one is drawn in parentheses.
+        assert ours[:1] == ([parent] if parent else []), name
+        assert set(ours[1:]) <= _ALSO[name], name
     exported = {n for n in lmserv.__all__ if isinstance(getattr(lmserv, n), type)}
     assert {n for n in exported if issubclass(getattr(lmserv, n), BaseException)} == set(drawn)
 

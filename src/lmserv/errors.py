@@ -29,9 +29,9 @@ to do next.
     │   └── ServerTimeout (TimeoutError)     llama-server did not become ready in time
     ├── APIError                             llama-server answered with an error status
     │   ├── BadRequestError                  400
+    │   │   └── ModelNotServed (ModelNotFound)  the model service has no model by that name
     │   ├── AuthenticationError              401 / 403
     │   ├── NotFoundError                    404
-    │   ├── ModelNotServed (ModelNotFound)    400: the model service has no model by that name
     │   ├── ServerUnavailable                503, refused connection, or a dropped stream
     │   └── APITimeoutError (TimeoutError)   no answer within the client's timeout
     ├── LlamaError                           in-process inference (ctypes bindings)
