@@ -26,7 +26,15 @@ import httpx
 import pytest
 
 from _http_server import FileServer
-from lmserv import BadRequestError, Client, ContextOverflow, Llama, LlamaParams, LlamaServer
+from lmserv import (
+    BadRequestError,
+    Client,
+    ContextOverflow,
+    Llama,
+    LlamaParams,
+    LlamaServer,
+    ModelService,
+)
 from lmserv.install import LlamaBuild
 
 pytestmark = pytest.mark.slow
@@ -275,3 +283,21 @@ def test_pull_through_a_flaky_mirror_then_run(
     assert run.returncode == 0, run.stderr
     assert "Paris" in run.stdout
     shutil.rmtree(models)
+
+
+def test_the_model_service_answers_like_the_rest(
+    gemma_model: Path, llm: Llama, tmp_path: Path, llama_build: LlamaBuild
+) -> None:
+    # The model service (llama-server's router) serves the catalog model under its catalog name
+    # and gives the same greedy text as in-process Llama and a single LlamaServer.
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / gemma_model.name).symlink_to(gemma_model)
+    prompt = PROMPTS["english"]
+    local = llm.complete(prompt, max_tokens=24, temperature=0).text
+    flags = ("-t", str(THREADS), "--swa-full", "-np", "1", "-c", str(N_CTX))
+    with ModelService(folder, extra_args=flags, state_file=False) as service:
+        assert "gemma3-270m" in {m.name for m in service.models()}
+        with service.client(model="gemma3-270m") as client:
+            served = client.complete(prompt, max_tokens=24, temperature=0, extra_body=FRESH)
+    assert served.text == local

@@ -195,7 +195,9 @@ class ModelService:
         watch_interval: float = 0.5,
     ) -> None:
         self.models_dir = (
-            Path(models_dir).expanduser() if models_dir is not None else config.models_dir()
+            config.expand_path(os.fspath(models_dir), what="models_dir")
+            if models_dir is not None
+            else config.models_dir()
         )
         self.host = host
         self.port = port
