@@ -61,11 +61,15 @@ def test_two_workers_give_the_single_process_output(
     assert expected == COUNTING_CONTINUATION
 
     a, b = workers
+    # -lv 4: libllama's load report names the buffers ("RPC0[host:port]"); at the default level
+    # ServerInfo knows only what the flags and the build say.
     with LlamaServer(
         counting,
         rpc=[a.endpoint, b.endpoint],
         n_gpu_layers="all",
-        **SMALL,  # type: ignore[arg-type]
+        n_ctx=256,
+        parallel=1,
+        extra_args=("-t", "1", "-lv", "4"),
     ) as server:
         assert _greedy(server) == expected
         # The weights really are on both workers (llama.cpp names RPC buffers

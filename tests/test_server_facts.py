@@ -43,7 +43,10 @@ def test_header_of_a_bad_file_is_a_clear_error(tmp_path: Path) -> None:
     assert model_header(bad) is None and model_header(tmp_path / "absent.gguf") is None
 
 
-def test_gpu_backend_is_read_from_the_libraries_beside_the_binary(tmp_path: Path) -> None:
+def test_gpu_backend_is_read_from_the_libraries_beside_the_binary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LLAMA_LIB_DIR", raising=False)  # set by the llama_build fixture
     cpu, gpu, bare = tmp_path / "cpu", tmp_path / "gpu", tmp_path / "bare"
     for folder, libs in (
         (cpu, ["libggml-cpu.so", "libggml-base.so"]),

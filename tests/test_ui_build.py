@@ -199,9 +199,10 @@ def test_builder_embeds_the_page_and_stamps_the_choice(
         build_llama_cpp(out, source=src, cuda=False, ui=True, progress=False)
 
 
-def test_server_without_the_page_says_so(llama_build: LlamaBuild, model: Path) -> None:
-    # The shared test build is made without the page (tests/conftest.py); GET / is not HTML.
+def test_server_reports_the_page_as_it_is(llama_build: LlamaBuild, model: Path) -> None:
+    # The shared build has the page wherever npm is (build_shared); ui=False turns it off.
     with LlamaServer(model) as server:
-        assert server.info.ui is llama_build.ui is False
-        assert "--no-ui" not in server.args()
-    assert "--no-ui" in LlamaServer(model, ui=False).command()
+        assert server.info.ui is llama_build.ui
+        assert "--no-ui" not in server.command()
+    with LlamaServer(model, ui=False) as server:
+        assert server.info.ui is False and "--no-ui" in server.command()
