@@ -348,3 +348,13 @@ def test_the_pulled_model_runs_by_its_repository_name(
     assert ran.returncode == 0, ran.stderr
     assert "three four five" in ran.stdout
     assert hub.requests == []  # found locally by its name
+    # The model service serves it by the same name, from the same files, with no hub request.
+    from lmserv import ModelService
+
+    with ModelService(tmp_path / "models", state_file=False, extra_args=("-t", "1")) as service:
+        assert name in {m.name for m in service.models()}
+        with service.client(model=name) as client:
+            assert client.complete("one two", max_tokens=3, temperature=0).text == (
+                " three four five"
+            )
+    assert hub.requests == []

@@ -26,6 +26,7 @@ from pathlib import Path
 from lmserv.config import ModelOptions
 from lmserv.errors import ConfigError
 from lmserv.install._catalog import CatalogEntry
+from lmserv.install._hub_store import HUB_FOLDER, MANIFEST_SUFFIX
 from lmserv.install._models import list_models
 
 __all__ = ["PresetModel", "folder_snapshot", "parse_keep_alive", "preset_models", "render_preset"]
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 # Characters the INI grammar cannot carry in a section name or a value (see the docstring);
 # ":" too, because the router rewrites a section name's ":tag" suffix.
 _UNSAFE = re.compile(r"[\[\]\r\n;#:]")
+# A hub pull's name keeps its ":QUANT": the router serves such a section under its full name
+# (checked at the pinned commit: [hf.co/o/r:Q8_0] is listed and routed as "hf.co/o/r:Q8_0").
+_UNSAFE_HUB = re.compile(r"[\[\]\r\n;#]")
 _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -152,17 +156,21 @@ def preset_models(
     for local in list_models(folder, catalog):
         if local.partial:
             continue
-        picked = _model_file(local.path)
-        if picked is None:
-            continue
-        path, mmproj = picked
         entry = by_name.get(local.catalog_name) if local.catalog_name else None
-        name = entry.name if entry else local.path.name.removesuffix(".gguf")
+        if local.name:  # a hub pull: served by the name it was pulled with (hf.co/OWNER/REPO:Q)
+            path, mmproj, name, unsafe = local.path, local.mmproj, local.name, _UNSAFE_HUB
+        else:
+            picked = _model_file(local.path)
+            if picked is None:
+                continue
+            path, mmproj = picked
+            name = entry.name if entry else local.path.name.removesuffix(".gguf")
+            unsafe = _UNSAFE
         aliases = tuple(a for a in (entry.aliases if entry else ()) if a not in taken | {name})
         texts = [name, *aliases, str(path), str(mmproj or "")]
         if (
             name in taken
-            or any(_UNSAFE.search(t) for t in texts[:-2])
+            or any(unsafe.search(t) for t in texts[:-2])
             or any(re.search(r"[\r\n;#]", t) for t in texts[-2:])
         ):
             log.warning(
@@ -196,13 +204,15 @@ def folder_snapshot(folder: Path) -> tuple[tuple[str, int, int], ...]:
     """A cheap fingerprint of ``folder``'s entries (name, size, mtime): it changes when a model
     is pulled, copied in or removed, so the service knows when to rebuild its preset."""
     found = []
+    hub = folder / HUB_FOLDER  # pulls land two folders down: their manifests say when
+    manifests = sorted(hub.glob(f"*/*/.*{MANIFEST_SUFFIX}")) if hub.is_dir() else []
     try:
-        for entry in folder.iterdir():
+        for entry in [*folder.iterdir(), *manifests]:
             try:
                 st = entry.stat()
             except OSError:
                 continue  # removed while we looked
-            found.append((entry.name, st.st_size, st.st_mtime_ns))
+            found.append((str(entry.relative_to(folder)), st.st_size, st.st_mtime_ns))
     except OSError:
         return ()
     return tuple(sorted(found))

@@ -36,6 +36,7 @@ from lmserv.install._hub import (
 
 __all__ = [
     "HUB_FOLDER",
+    "MANIFEST_SUFFIX",
     "HubModel",
     "find_local",
     "hub_models",
@@ -48,7 +49,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 HUB_FOLDER = "hf.co"
-_MANIFEST = ".lmserv-pull.json"
+MANIFEST_SUFFIX = ".lmserv-pull.json"
+_MANIFEST = MANIFEST_SUFFIX
 _VERSION = 1
 
 
