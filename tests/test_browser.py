@@ -154,8 +154,17 @@ def test_no_ui_turns_the_page_off(ui_build: LlamaBuild, model: Path) -> None:
         assert not answer.headers.get("content-type", "").startswith("text/html")
 
 
+def test_service_no_ui_turns_the_page_off(ui_build: LlamaBuild, tmp_path: Path) -> None:
+    with ModelService(tmp_path / "models", ui=False, state_file=False) as service:
+        assert "--no-ui" in service.args()
+        assert service.has_page is False
+        answer = httpx.get(service.base_url + "/", headers={"Accept-Encoding": "gzip"})
+        assert not answer.headers.get("content-type", "").startswith("text/html")
+
+
+@pytest.mark.parametrize("model", [["counting"], []], ids=["one-model", "service"])
 def test_serve_prints_the_page_url_and_open_starts_the_browser(
-    ui_build: LlamaBuild, tmp_path: Path
+    ui_build: LlamaBuild, tmp_path: Path, model: list[str]
 ) -> None:
     opened = tmp_path / "opened"
     fake_browser = tmp_path / "browser.sh"
@@ -166,13 +175,16 @@ def test_serve_prints_the_page_url_and_open_starts_the_browser(
         "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
         "LMSERV_PATHS_DATA": str(tmp_path / "data"),
         "LMSERV_PATHS_CACHE": str(tmp_path / "cache"),
+        "XDG_STATE_HOME": str(tmp_path / "state"),  # the service's state file
         "LLAMA_BIN_DIR": str(ui_build.bin_dir),
         "BROWSER": str(fake_browser),  # what Python's webbrowser module runs
     }
+    # The service copies llama-server's log to stderr: a file, not a pipe nobody reads.
+    log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lmserv", "serve", "counting", "--open"],
+        [sys.executable, "-m", "lmserv", "serve", *model, "--open"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=log,
         text=True,
         env=env,
     )
@@ -194,6 +206,7 @@ def test_serve_prints_the_page_url_and_open_starts_the_browser(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        log.close()
 
 
 def test_model_service_page_picks_each_model(
