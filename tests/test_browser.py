@@ -2,7 +2,8 @@
 
 The page is llama.cpp's own (``tools/ui``), built from the pinned source by ``lmserv build
 --ui`` into the shared build (``build_shared``: the page is in it wherever npm is), and
-served by a real llama-server with the counting model. Screenshots go to
+served by a real llama-server with the counting model, and by the model service (llama-server's
+router: the page has a model selector there) with the counting model and Gemma 3 270M. Screenshots go to
 ``LMSERV_TEST_ARTIFACTS`` (default ``test-artifacts/`` in the checkout). Run with
 ``pytest -m browser``; ``scripts/test.sh`` installs chromium and Playwright.
 """
@@ -25,6 +26,8 @@ import pytest
 
 from lmserv.install import LlamaBuild
 from lmserv.server import LlamaServer
+from lmserv.service import ModelService
+from lmserv.testing import write_counting_model
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -88,6 +91,19 @@ def _answer(page: Any) -> Any:
     return page.get_by_text(re.compile(re.escape(COUNTED)))
 
 
+def _selector(page: Any, current: str) -> Any:
+    """The model selector's button (router mode), which shows the ``current`` model."""
+    return page.locator('button[aria-haspopup="menu"]').filter(has_text=current).first
+
+
+def _pick_model(page: Any, current: str, shown: str) -> None:
+    """Open the model selector and pick the model ``shown`` in its list."""
+    _selector(page, current).click(timeout=60_000)
+    page.get_by_role("option").filter(has_text=shown).first.click()
+    # The button then names it in short ("gemma3 270M"): wait for the list to close instead.
+    sync_api.expect(page.get_by_role("option")).to_have_count(0)
+
+
 def test_page_loads_and_counts(ui_build: LlamaBuild, model: Path, browser: Any) -> None:
     with _server(ui_build, model) as server:
         assert server.info.ui is True
@@ -138,8 +154,17 @@ def test_no_ui_turns_the_page_off(ui_build: LlamaBuild, model: Path) -> None:
         assert not answer.headers.get("content-type", "").startswith("text/html")
 
 
+def test_service_no_ui_turns_the_page_off(ui_build: LlamaBuild, tmp_path: Path) -> None:
+    with ModelService(tmp_path / "models", ui=False, state_file=False) as service:
+        assert "--no-ui" in service.args()
+        assert service.has_page is False
+        answer = httpx.get(service.base_url + "/", headers={"Accept-Encoding": "gzip"})
+        assert not answer.headers.get("content-type", "").startswith("text/html")
+
+
+@pytest.mark.parametrize("model", [["counting"], []], ids=["one-model", "service"])
 def test_serve_prints_the_page_url_and_open_starts_the_browser(
-    ui_build: LlamaBuild, tmp_path: Path
+    ui_build: LlamaBuild, tmp_path: Path, model: list[str]
 ) -> None:
     opened = tmp_path / "opened"
     fake_browser = tmp_path / "browser.sh"
@@ -150,13 +175,16 @@ def test_serve_prints_the_page_url_and_open_starts_the_browser(
         "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
         "LMSERV_PATHS_DATA": str(tmp_path / "data"),
         "LMSERV_PATHS_CACHE": str(tmp_path / "cache"),
+        "XDG_STATE_HOME": str(tmp_path / "state"),  # the service's state file
         "LLAMA_BIN_DIR": str(ui_build.bin_dir),
         "BROWSER": str(fake_browser),  # what Python's webbrowser module runs
     }
+    # The service copies llama-server's log to stderr: a file, not a pipe nobody reads.
+    log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lmserv", "serve", "counting", "--open"],
+        [sys.executable, "-m", "lmserv", "serve", *model, "--open"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=log,
         text=True,
         env=env,
     )
@@ -178,3 +206,50 @@ def test_serve_prints_the_page_url_and_open_starts_the_browser(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        log.close()
+
+
+def test_model_service_page_picks_each_model(
+    ui_build: LlamaBuild, gemma_model: Path, browser: Any, tmp_path: Path
+) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    write_counting_model(folder / "counting.gguf")
+    (folder / gemma_model.name).symlink_to(gemma_model)
+    # The router passes its own flags on to every instance: greedy sampling for both models,
+    # and answers of at most 32 tokens (Gemma 270M is a base model: it would go on to -c).
+    flags = ("--temp", "0", "-n", "32", "-t", "2", "-np", "1", "-c", "512")
+    with ModelService(folder, extra_args=flags, state_file=False) as service:
+        assert service.has_page is True
+        served = {m.name: m for m in service.models()}
+        assert set(served) == {"counting", "gemma3-270m"}
+        # The selector shows a model by its first alias when it has one (the catalog's).
+        gemma_shown = (served["gemma3-270m"].aliases or ("gemma3-270m",))[0]
+
+        page = browser.new_page(viewport={"width": 1100, "height": 700})
+        page.goto(service.base_url + "/")
+        _selector(page, "counting").click(timeout=60_000)
+        options = page.get_by_role("option")
+        sync_api.expect(options).to_have_count(2)
+        firsts = sorted(text.splitlines()[0].strip() for text in options.all_inner_texts())
+        assert firsts == sorted(["counting", gemma_shown]), firsts
+        page.keyboard.press("Escape")
+
+        _pick_model(page, "counting", "counting")
+        _send(page, "one two")
+        sync_api.expect(_answer(page).first).to_be_visible(timeout=120_000)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "chat-page-service-counting.png"))
+
+        page.get_by_role("button", name="New chat").first.click()
+        _pick_model(page, "counting", gemma_shown)
+        _send(page, "What is the capital of France?")
+        said = page.get_by_role("group", name="Assistant message with actions")
+        said = said.locator(".markdown-content").first
+        sync_api.expect(said).to_have_text(re.compile(r"\w"), timeout=180_000)
+        # Wait for the answer to end (the Send button is back), then keep the picture.
+        sync_api.expect(page.get_by_role("button", name="Send")).to_be_visible(timeout=180_000)
+        page.screenshot(path=str(ARTIFACTS / "chat-page-service.png"))
+        page.close()
+        loaded = {m.name for m in service.models() if m.holds_memory}
+        assert "gemma3-270m" in loaded, loaded

@@ -38,6 +38,7 @@ import httpx
 
 from lmserv import config
 from lmserv._process import free_port, new_log_path, read_tail, spawn, terminate
+from lmserv._server_info import _serves_page
 from lmserv._service_preset import folder_snapshot, parse_keep_alive, preset_models, render_preset
 from lmserv._service_state import (
     ServiceLock,
@@ -167,7 +168,9 @@ class ModelService:
     once (``None``: llama-server's default, 4; ``0``: no cap). ``keep_alive`` is how long an
     idle model stays loaded (``"5m"``, ``"30s"``, ``0`` after each request, ``-1`` never; see
     :func:`~lmserv._service_preset.parse_keep_alive`). ``port=None`` picks a free port.
-    ``echo`` receives each line llama-server logs (the CLI prints them to stderr); the full
+    ``ui=False`` turns off the chat page at ``/`` (``--no-ui``); whether the service serves it
+    (the build has one) is :attr:`has_page`, known once started. ``echo`` receives each line
+    llama-server logs (the CLI prints them to stderr); the full
     log is at :attr:`log_path`. ``state_file`` announces the service to other lmserv commands
     (``lmserv run NAME``, ``ps``, ``stop``); then a second service over the same folder refuses
     to start. Per-model options: the catalog and the config file's ``[models.NAME]`` tables.
@@ -187,6 +190,7 @@ class ModelService:
         keep_alive: str | float | None = "5m",
         binary: str | os.PathLike[str] | None = None,
         extra_args: tuple[str, ...] = (),
+        ui: bool = True,
         log_path: str | os.PathLike[str] | None = None,
         echo: Callable[[str], None] | None = None,
         state_file: bool = True,
@@ -206,6 +210,8 @@ class ModelService:
         self.keep_alive = parse_keep_alive(keep_alive)
         self.binary = Path(binary) if binary is not None else None
         self.extra_args = tuple(extra_args)
+        self.ui = ui
+        self.has_page = False
         self.echo = echo
         self.state_file = state_file
         self.start_timeout = start_timeout
@@ -244,6 +250,8 @@ class ModelService:
             argv += ["--models-max", str(self.max_models)]
         if self.keep_alive >= 0:  # instances inherit the router's flags
             argv += ["--sleep-idle-seconds", str(self.keep_alive)]
+        if not self.ui:
+            argv += ["--no-ui"]
         return [*argv, "--metrics", *self.extra_args]
 
     def _env(self) -> dict[str, str]:
@@ -301,6 +309,7 @@ class ModelService:
                 self.preset_path = private_dir(self.models_dir) / "models.ini"
                 self.refresh(reload=False)
                 self._launch_and_wait()
+                self.has_page = _serves_page(self.base_url)
                 self._announce()
                 self._stop.clear()
                 self._watcher = threading.Thread(

@@ -15,6 +15,7 @@ from types import FrameType
 
 from lmserv import config
 from lmserv.cli._common import add_json_flag, human_bytes, int_arg, print_json
+from lmserv.cli._page import announce_page
 from lmserv.client import Client
 from lmserv.errors import BadRequestError, ConfigError, ModelNotServed, ServerUnavailable
 from lmserv.service import ModelService, ServiceState, find_service, served_models
@@ -82,6 +83,7 @@ def serve_models(args: argparse.Namespace) -> int:
         max_models=args.max_models,
         keep_alive=args.keep_alive,
         extra_args=tuple(extra),
+        ui=args.ui,
         echo=_echo,
     )
     _sigterm_as_interrupt()
@@ -93,6 +95,13 @@ def serve_models(args: argparse.Namespace) -> int:
             flush=True,
         )
         print(f"  models in {service.models_dir}: {', '.join(names) or '(none yet)'}", flush=True)
+        announce_page(
+            service.base_url,
+            has_page=service.has_page,
+            wanted=args.ui,
+            open_browser=args.open,
+            api_key=bool(settings.api_key),
+        )
         keep = "never" if service.keep_alive < 0 else f"{service.keep_alive}s"
         print(f"  idle unload after {keep}; log: {service.log_path}; stop with Ctrl-C", flush=True)
         code = service.wait()
