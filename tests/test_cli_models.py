@@ -121,7 +121,6 @@ def test_errors_exit_1_and_usage_errors_exit_2(tmp_path: Path, lmserv: Run) -> N
     assert "lmserv pull http://127.0.0.1:9/none.gguf` again to try again" in refused.stderr
 
 
-
 # --------------------------------------------------------------------------- one resolver, one "verified"
 
 

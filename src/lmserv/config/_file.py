@@ -23,6 +23,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 _APP = "lmserv"
 CONFIG_ENV = "LMSERV_CONFIG"
 
+
 def config_file() -> Path:
     """The config file lmserv reads: ``$LMSERV_CONFIG``, else ``<config folder>/config.toml``."""
     explicit = os.environ.get(CONFIG_ENV)

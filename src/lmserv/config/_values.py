@@ -15,6 +15,7 @@ from lmserv.errors import ConfigError
 _ENV_PREFIX = "LMSERV_"
 CudaSetting = Literal["auto", "on", "off"]
 
+
 class _Bad(Exception):
     """A value has the wrong type or range; the message says what is expected."""
 
@@ -179,5 +180,3 @@ _STATIC_DEFAULTS: dict[str, object] = {
     "build.source": None,
     "download.connections": None,
 }
-
-

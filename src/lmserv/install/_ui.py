@@ -51,7 +51,12 @@ class Run(Protocol):
     """The builder's command runner: logs the output, raises :class:`BuildError` on failure."""
 
     def __call__(
-        self, cmd: list[str], what: str, *, cwd: Path | None = None, env: dict[str, str] | None = None
+        self,
+        cmd: list[str],
+        what: str,
+        *,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> str: ...
 
 

@@ -170,7 +170,12 @@ class _Runner:
         self.tail: deque[str] = deque(maxlen=_TAIL_LINES)
 
     def run(
-        self, cmd: list[str], what: str, *, cwd: Path | None = None, env: dict[str, str] | None = None
+        self,
+        cmd: list[str],
+        what: str,
+        *,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> str:
         captured: list[str] = []
         with self.log_path.open("a", encoding="utf-8", errors="replace") as logf:
@@ -581,4 +586,3 @@ def build_shared(
         ui="auto",  # the chat page when npm is here (its build is cached), else without it
         progress=progress,
     )
-
