@@ -82,9 +82,9 @@ def bench_llama_bench(model: Path, bin_dir: Path, args: argparse.Namespace) -> l
     pp_base: list[float] = []
     pp_mine: list[float] = []
     with Llama(model, n_ctx=1024, n_threads=args.threads, n_gpu_layers=0) as llm:
-        prompt_ids = llm.tokenize(LONG_PROMPT * 40, add_bos=False)[: args.prompt_tokens - 1]
+        prompt_ids = llm.tokenize(LONG_PROMPT * 40, add_special=False)[: args.prompt_tokens - 1]
         prompt = llm.detokenize(prompt_ids)
-        n_prompt = len(llm.tokenize(prompt, add_bos=True))
+        n_prompt = len(llm.tokenize(prompt, add_special=True))
         ours_generation(llm, 8)  # warm-up
         for i in range(args.rounds):
             sides: list[Callable[[], None]] = [
@@ -214,15 +214,18 @@ def first_token(url: str, samples: int) -> float:
     """Median seconds from sending a streamed request to its first token (idle server)."""
     times = []
     body = {"prompt": PROMPT, "n_predict": 4, "temperature": 0, "stream": True}
-    with httpx.Client(timeout=600) as http:
+    # A fresh connection per request: llama-server closes idle keep-alive connections (after
+    # 5 s), and a request sent on one it just closed fails without an answer.
+    with httpx.Client(timeout=600, limits=httpx.Limits(max_keepalive_connections=0)) as http:
         for _ in range(samples):
             began = time.perf_counter()
             with http.stream("POST", url + "/completion", json=body) as response:
-                for line in response.iter_lines():
+                lines = response.iter_lines()  # one iterator: a stream is read once
+                for line in lines:
                     if line.startswith("data: "):
                         times.append(time.perf_counter() - began)
                         break
-                for _line in response.iter_lines():
+                for _line in lines:
                     pass
     return statistics.median(times)
 

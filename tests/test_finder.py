@@ -26,12 +26,14 @@ def places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
         "env": tmp_path / "envbin",
         "own": tmp_path / "data" / "llama.cpp" / "build-cpu" / "bin",
         "own_cuda": tmp_path / "data" / "llama.cpp" / "build-cuda" / "bin",
+        "shared": tmp_path / "cache" / "llama.cpp" / "build-cpu" / "bin",
         "path": tmp_path / "onpath",
         "known": tmp_path / "cwd" / "llama.cpp" / "build" / "bin",
     }
     monkeypatch.setenv("LLAMA_BIN_DIR", str(p["env"]))
     monkeypatch.delenv("LLAMA_LIB_DIR", raising=False)
     monkeypatch.setenv("LMSERV_PATHS_BUILDS", str(tmp_path / "data" / "llama.cpp"))
+    monkeypatch.setenv("LMSERV_PATHS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PATH", str(p["path"]))
     monkeypatch.setenv("LD_LIBRARY_PATH", str(p["path"]))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -45,6 +47,8 @@ def test_search_order_for_binaries(places: dict[str, Path]) -> None:
     assert find_binary("llama-server") == known
     on_path = _exe(places["path"])
     assert find_binary("llama-server") == on_path
+    shared = _exe(places["shared"])  # the demo's and the tests' build (build_shared)
+    assert find_binary("llama-server") == shared
     own = _exe(places["own"])
     assert find_binary("llama-server") == own
     own_cuda = _exe(places["own_cuda"])
@@ -64,7 +68,13 @@ def test_missing_binary_lists_every_place_and_how_to_build(places: dict[str, Pat
     with pytest.raises(BinaryNotFound) as info:
         find_binary("llama-server")
     message = str(info.value)
-    for folder in (places["env"], places["own"], places["own_cuda"], places["known"]):
+    for folder in (
+        places["env"],
+        places["own"],
+        places["own_cuda"],
+        places["shared"],
+        places["known"],
+    ):
         assert str(folder / "llama-server") in message
     assert "PATH" in message
     assert "lmserv build" in message

@@ -21,7 +21,13 @@ from pathlib import Path
 from lmserv import config
 from lmserv.errors import BinaryNotFound
 
-__all__ = ["binary_search_dirs", "find_binary", "find_library", "library_file_names"]
+__all__ = [
+    "binary_search_dirs",
+    "find_binary",
+    "find_library",
+    "library_file_names",
+    "shared_build_dir",
+]
 
 _BUILD_FLAVOURS = ("build-cuda", "build-cpu")
 
@@ -46,9 +52,19 @@ def library_file_names(name: str, platform: str | None = None) -> list[str]:
     return [f"lib{name}.so"]
 
 
+def shared_build_dir() -> Path:
+    """Where the shared build lives: ``<paths.cache>/llama.cpp`` (``~/.cache/lmserv/llama.cpp``).
+
+    In the cache, because it is re-made from the cached sdist whenever it is missing. The demo,
+    the tests and the benchmarks build there (:func:`lmserv.install.llama_build.build_shared`).
+    """
+    return config.cache_dir() / "llama.cpp"
+
+
 def _own_build_dirs() -> list[Path]:
-    root = config.builds_dir()
-    return [root / flavour / "bin" for flavour in _BUILD_FLAVOURS]
+    # `lmserv build`'s default folder first, then the shared build (what the demo made).
+    roots = [config.builds_dir(), shared_build_dir()]
+    return [root / flavour / "bin" for root in roots for flavour in _BUILD_FLAVOURS]
 
 
 def _known_build_dirs() -> list[Path]:

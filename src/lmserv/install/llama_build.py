@@ -33,6 +33,7 @@ from lmserv.gpu import cuda_compute_capabilities
 from lmserv.install import _source, _toolchain, _ui
 from lmserv.install._source import PINNED_COMMIT, SourceTree
 from lmserv.install._toolchain import Toolchain
+from lmserv.install.finder import shared_build_dir
 
 __all__ = [
     "CORE_TARGETS",
@@ -555,14 +556,6 @@ def _fast_path(
         platform=platform,
         log_path=log_path,
     )
-
-
-def shared_build_dir() -> Path:
-    """Where the shared build lives: ``<paths.cache>/llama.cpp`` (``~/.cache/lmserv/llama.cpp``).
-
-    In the cache, because it is re-made from the cached sdist whenever it is missing.
-    """
-    return config.cache_dir() / "llama.cpp"
 
 
 def build_shared(
