@@ -130,6 +130,7 @@ def test_missing_binary_is_binary_not_found(
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LMSERV_PATHS_BUILDS", str(tmp_path / "builds"))
+    monkeypatch.setenv("LMSERV_PATHS_CACHE", str(tmp_path / "cache"))  # no shared build either
     with pytest.raises(BinaryNotFound, match="ggml-rpc-server"):
         RpcWorker(port=None).start()
 
