@@ -12,12 +12,21 @@ Three comparisons, each a ratio of medians measured in this one run, the two sid
    tokens; the two outputs must be equal. Its pure-Python package ``llama_cpp`` is taken out of
    the llama-cpp-python sdist the build cached (``~/.cache/lmserv/sdist``) and pointed at our
    libllama with ``LLAMA_CPP_LIB_PATH``: the same C code on both sides, nothing compiled. It runs
-   in a subprocess (it needs ``diskcache`` and ``jinja2``: ``pip install diskcache jinja2``).
+   in this process, calls alternated with ours (it needs ``diskcache`` and ``jinja2``:
+   ``pip install diskcache jinja2``).
    Flash attention is on for both (llama-cpp-python's default is off, lmserv's ``"auto"``; the
-   two give different greedy text on this model). Goal: at least as fast.
-3. ``LlamaServer`` (its defaults) vs ``llama-server`` run by hand with its own defaults:
-   aggregate tokens/s with 4 and 16 concurrent clients, and time to the first streamed token
-   on an idle server. Goal >= 1.0 (for time to first token: hand / ours >= 1.0).
+   two give different greedy text on this model). llama-cpp-python reuses the KV cache of the
+   prompt's common prefix between calls by default; lmserv does with ``reuse_prompt=True``, the
+   like-for-like row (goal: at least as fast); a second row shows lmserv's default, which
+   decodes the prompt again.
+3. ``LlamaServer`` (its defaults) vs ``llama-server`` run by hand with its own defaults, both up
+   at once and measured in turn (``--alternations`` per pair, ``--rounds`` pairs): aggregate
+   tokens/s with 4 and 16 concurrent clients, and time to the first streamed token on an idle
+   server. Goal >= 1.0 (for time to first token: hand / ours >= 1.0).
+
+Every row also gives a 90 % bootstrap interval of its ratio (pairs resampled): on this shared
+2-core VM two identical llama-servers differ by several percent in a short run, and the
+interval says whether a ratio's distance from 1.0 is larger than that.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -46,9 +56,34 @@ PROMPT = "Q: What is the capital of France?\nA:"
 LONG_PROMPT = "The history of Paris begins with a small settlement on an island in the Seine. "
 
 
-def ratio_line(name: str, base: list[float], mine: list[float], goal: str) -> str:
+def interval(base: list[float], mine: list[float], *, invert: bool = False) -> str:
+    """A 90 % bootstrap interval of the ratio of medians, resampling the (base, mine) pairs.
+
+    The pairs were measured side by side (same round, alternated), so resampling pairs keeps
+    what the two sides shared. Two identical servers on this VM differ by several percent in a
+    short run; the interval says whether a ratio's distance from 1.0 is more than that.
+    """
+    pairs = list(zip(base, mine, strict=True))
+    rng = random.Random(0)
+    ratios = []
+    for _ in range(2000):
+        sample = [rng.choice(pairs) for _ in pairs]
+        b = statistics.median(p[0] for p in sample)
+        m = statistics.median(p[1] for p in sample)
+        ratios.append(b / m if invert else m / b)
+    ratios.sort()
+    return f"{ratios[len(ratios) // 20]:.3f}-{ratios[-len(ratios) // 20]:.3f}"
+
+
+def ratio_line(
+    name: str, base: list[float], mine: list[float], goal: str, *, invert: bool = False
+) -> str:
+    """A table row: the two medians, their ratio (``invert``: base / mine, for times) and its
+    90 % interval."""
     b, m = statistics.median(base), statistics.median(mine)
-    return f"| {name} | {b:.2f} | {m:.2f} | {m / b:.3f} | {goal} |"
+    ratio = b / m if invert else m / b
+    spread = interval(base, mine, invert=invert)
+    return f"| {name} | {b:.2f} | {m:.2f} | {ratio:.3f} | {spread} | {goal} |"
 
 
 # -- 1. Llama vs llama-bench ---------------------------------------------------------------------
@@ -86,7 +121,7 @@ def bench_llama_bench(model: Path, bin_dir: Path, args: argparse.Namespace) -> l
         prompt = llm.detokenize(prompt_ids)
         n_prompt = len(llm.tokenize(prompt, add_special=True))
         ours_generation(llm, 8)  # warm-up
-        for i in range(args.rounds):
+        for i in range(args.rounds * 2):  # short runs: twice as many pairs
             sides: list[Callable[[], None]] = [
                 lambda: tg_base.append(
                     llama_bench(bin_dir / "llama-bench", model, args.threads, 0, args.tokens)
@@ -111,22 +146,6 @@ def bench_llama_bench(model: Path, bin_dir: Path, args: argparse.Namespace) -> l
 
 # -- 2. Llama vs llama-cpp-python ------------------------------------------------------------------
 
-_LLAMA_CPP_PYTHON = """
-import json, sys, time
-import llama_cpp
-model, threads, tokens, runs, prompt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-llm = llama_cpp.Llama(
-    model, n_ctx=1024, n_threads=threads, n_gpu_layers=0, flash_attn=True, verbose=False
-)
-speeds, text = [], None
-for _ in range(runs):
-    began = time.perf_counter()
-    out = llm.create_completion(prompt, max_tokens=tokens, temperature=0, top_k=1)
-    speeds.append(out["usage"]["completion_tokens"] / (time.perf_counter() - began))
-    text = out["choices"][0]["text"]
-print(json.dumps({"speeds": speeds, "text": text}))
-"""
-
 
 def llama_cpp_package(folder: Path) -> Path:
     """``llama_cpp`` (pure Python) extracted from the cached llama-cpp-python sdist."""
@@ -150,46 +169,60 @@ def ours_completion(llm: Llama, tokens: int) -> tuple[float, str]:
 
 
 def bench_llama_cpp_python(model: Path, lib_dir: Path, args: argparse.Namespace) -> list[str]:
+    """Both bindings in this one process, on the one libllama, calls alternated (ABBA).
+
+    In one process the two sides share the library, the page cache and the CPU placement; run
+    in a subprocess, llama-cpp-python's figures moved by several percent from run to run.
+    """
     base: list[float] = []
-    mine: list[float] = []
-    texts: set[str] = set()
+    same: list[float] = []  # ours with prompt reuse, as llama-cpp-python does by default
+    plain: list[float] = []  # ours with its defaults (the prompt decoded again each call)
+    texts: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        root = llama_cpp_package(Path(tmp))
-        env = {**os.environ, "PYTHONPATH": str(root), "LLAMA_CPP_LIB_PATH": str(lib_dir)}
+        sys.path.insert(0, str(llama_cpp_package(Path(tmp))))
+        os.environ["LLAMA_CPP_LIB_PATH"] = str(lib_dir)  # its loader: our libllama, not its own
+        import llama_cpp  # type: ignore[import-not-found]
+
         # Flash attention on both sides: llama-cpp-python's default is off, lmserv's "auto" (on,
         # on this CPU); the two compute slightly different logits, enough to change greedy text.
-        params = LlamaParams(flash_attn="on")
-        with Llama(model, n_ctx=1024, n_threads=args.threads, n_gpu_layers=0, params=params) as llm:
-            ours_completion(llm, 4)  # warm-up
+        # llama-cpp-python keeps the KV cache of the prompt's common prefix between calls
+        # (Llama.generate: "prefix-match hit") and decodes only the last prompt token again;
+        # lmserv does that with reuse_prompt=True and decodes the whole prompt by default.
+        opts = {"n_ctx": 1024, "n_threads": args.threads, "n_gpu_layers": 0}
+        theirs_llm = llama_cpp.Llama(str(model), **opts, flash_attn=True, verbose=False)
+        reusing = LlamaParams(flash_attn="on", reuse_prompt=True)
+        with (
+            Llama(model, **opts, params=reusing) as llm_same,
+            Llama(model, **opts, params=LlamaParams(flash_attn="on")) as llm_plain,
+        ):
 
             def theirs() -> None:
-                cmd = [sys.executable, "-c", _LLAMA_CPP_PYTHON, str(model), str(args.threads)]
-                cmd += [str(args.tokens), "3", PROMPT]
-                out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-                if out.returncode != 0:
-                    raise SystemExit(f"llama-cpp-python failed:\n{out.stderr[-2000:]}")
-                data = json.loads(out.stdout.strip().splitlines()[-1])
-                base.append(statistics.median(data["speeds"][1:]))  # the first run warms up
-                texts.add("theirs:" + data["text"])
+                began = time.perf_counter()
+                out = theirs_llm.create_completion(
+                    PROMPT, max_tokens=args.tokens, temperature=0, top_k=1
+                )
+                base.append(out["usage"]["completion_tokens"] / (time.perf_counter() - began))
+                texts["theirs"] = out["choices"][0]["text"]
 
-            def mine_side() -> None:
-                runs = [ours_completion(llm, args.tokens) for _ in range(2)]
-                mine.append(statistics.median(r[0] for r in runs))
-                texts.add("ours:" + runs[-1][1])
+            def mine() -> None:
+                for llm, into, label in ((llm_same, same, "reuse"), (llm_plain, plain, "plain")):
+                    speed, texts[f"ours-{label}"] = ours_completion(llm, args.tokens)
+                    into.append(speed)
 
-            for i in range(args.rounds):
-                for side in (theirs, mine_side) if i % 2 == 0 else (mine_side, theirs):
+            theirs()  # warm-up
+            mine()
+            for warm in (base, same, plain):
+                warm.clear()
+            for i in range(args.rounds * 3):
+                for side in (theirs, mine) if i % 2 == 0 else (mine, theirs):
                     side()
-    outputs = {t.partition(":")[2] for t in texts}
-    same = "identical" if len(outputs) == 1 else f"DIFFER: {sorted(texts)}"
-    print(f"llama-cpp-python vs lmserv greedy outputs: {same}")
+        theirs_llm.close()
+    equal = "identical" if len(set(texts.values())) == 1 else f"DIFFER: {texts}"
+    print(f"llama-cpp-python vs lmserv greedy outputs: {equal}")
+    name = f"`Llama` vs llama-cpp-python `Llama`, {args.tokens} tokens greedy, outputs {equal}"
     return [
-        ratio_line(
-            f"`Llama` vs llama-cpp-python `Llama`, {args.tokens} tokens greedy, outputs {same}",
-            base,
-            mine,
-            ">= 1.0",
-        )
+        ratio_line(f"{name}; both reuse the prompt prefix", base, same, ">= 1.0"),
+        ratio_line(f"{name}; lmserv's default (prompt decoded again)", base, plain, "-"),
     ]
 
 
@@ -231,30 +264,34 @@ def first_token(url: str, samples: int) -> float:
 
 
 def bench_server(model: Path, bin_dir: Path, args: argparse.Namespace) -> list[str]:
+    """Both servers up at once, bursts alternated between them (ABBA) many times.
+
+    An idle llama-server uses no CPU, so the one waiting does not slow the one measured; keeping
+    both up and alternating every few seconds puts the two sides in the same minutes, which
+    restarting one server per side did not (on this VM two *identical* hand-run servers measured
+    that way differed by up to 9 % at 8 rounds). Each round starts fresh processes.
+    """
     results: dict[str, tuple[list[float], list[float]]] = {
         key: ([], []) for key in ("4", "16", "ttft")
     }
 
     def measure(url: str, side: int) -> None:
-        burst(url, 4, 4)  # warm-up
         for clients in (4, 16):
             results[str(clients)][side].append(burst(url, clients, args.server_tokens))
         results["ttft"][side].append(first_token(url, 8))
 
-    def hand() -> None:
-        proc, url = hand_launch(model)
+    for _ in range(args.rounds):
+        proc, hand_url = hand_launch(model)
         try:
-            measure(url, 0)
+            with LlamaServer(model, binary=bin_dir / "llama-server") as server:
+                urls = (hand_url, server.base_url)
+                for url in urls:
+                    burst(url, 4, 4)  # warm-up
+                for i in range(args.alternations):
+                    for side in (0, 1) if i % 2 == 0 else (1, 0):
+                        measure(urls[side], side)
         finally:
             stop(proc)
-
-    def ours() -> None:
-        with LlamaServer(model, binary=bin_dir / "llama-server") as server:
-            measure(server.base_url, 1)
-
-    for i in range(args.rounds):
-        for side in (hand, ours) if i % 2 == 0 else (ours, hand):
-            side()
     lines = []
     for clients in ("4", "16"):
         base, mine = results[clients]
@@ -267,10 +304,9 @@ def bench_server(model: Path, bin_dir: Path, args: argparse.Namespace) -> list[s
             )
         )
     base, mine = results["ttft"]
-    b, m = statistics.median(base) * 1000, statistics.median(mine) * 1000
-    lines.append(
-        f"| time to first token, idle (ms; ratio hand / ours) | {b:.1f} | {m:.1f} | {b / m:.3f} | >= 1.0 |"
-    )
+    name = "time to first token, idle (ms; ratio hand / ours)"
+    ms = [x * 1000 for x in base], [x * 1000 for x in mine]
+    lines.append(ratio_line(name, *ms, ">= 1.0", invert=True))
     return lines
 
 
@@ -281,6 +317,9 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=256)
     parser.add_argument("--server-tokens", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=4, help="alternations of the two sides")
+    parser.add_argument(
+        "--alternations", type=int, default=4, help="server part: alternations per pair of servers"
+    )
     parser.add_argument("--only", choices=["bindings", "llama-cpp-python", "server"], default=None)
     args = parser.parse_args()
 
@@ -295,8 +334,8 @@ def main() -> None:
     )
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     rows = [
-        "| benchmark | baseline (median) | lmserv (median) | ratio | goal |",
-        "|---|---|---|---|---|",
+        "| benchmark | baseline (median) | lmserv (median) | ratio | 90 % interval | goal |",
+        "|---|---|---|---|---|---|",
     ]
     if args.only in (None, "bindings"):
         rows += bench_llama_bench(model, bin_dir, args)

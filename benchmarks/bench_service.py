@@ -32,9 +32,10 @@ from lmserv import Client, LlamaServer, ModelService
 from lmserv.testing import write_counting_model
 
 PROMPT = "one two"
-# The single server runs as the service's instances do: llama-server's defaults (4 slots) and
-# its default log level (LlamaServer alone asks for -lv 4, which costs a little per request).
-SINGLE_ARGS = ("-lv", "3")
+# The single server runs as the service's instances do: llama-server's defaults (4 slots, its
+# default log level; LlamaServer adds only --metrics).
+SINGLE_ARGS: tuple[str, ...] = ()
+BLOCK = 20  # requests in a row to one side (per_request)
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -54,12 +55,20 @@ def per_request(
             routed.complete(PROMPT, max_tokens=1, temperature=0)
         base: list[float] = []
         ours: list[float] = []
-        # One request each in turn: a pooled connection left idle for llama-server's
-        # keep-alive timeout (5 s, cpp-httplib's default) is closed under the client, which
-        # on a loaded machine made blocks of ten fail with "Server disconnected".
-        for _ in range(requests):
-            base.append(_timed(lambda: direct.complete(PROMPT, max_tokens=1, temperature=0)))
-            ours.append(_timed(lambda: routed.complete(PROMPT, max_tokens=1, temperature=0)))
+        # Blocks of BLOCK requests per side, ABBA. Request by request alternation made each
+        # side pay for the other: after a request, a llama-server's OpenMP threads spin for a
+        # moment on both cores, and a request to the other process waits for them (measured:
+        # the same single server answered in 2.6 ms alone, 4-7 ms interleaved with another).
+        # (The router closes its connection after every answer; the client sends a request
+        # that met such a closed connection again on a new one: lmserv._net.RequestTrace.
+        # Before that fix this loop failed with "Server disconnected" within a few requests.)
+        sides = [(direct, base), (routed, ours)]
+        for i in range(max(1, requests // BLOCK)):
+            for client, into in sides if i % 2 == 0 else sides[::-1]:
+                for _ in range(BLOCK):
+                    into.append(
+                        _timed(lambda c=client: c.complete(PROMPT, max_tokens=1, temperature=0))
+                    )
         direct.close()
         routed.close()
     return median(base), median(ours)
@@ -91,10 +100,9 @@ def first_request(
     return median(base), median(ours)
 
 
-def run_command(env: dict[str, str], model: Path, rounds: int) -> tuple[float, float]:
+def run_command(env: dict[str, str], model: Path, name: str, rounds: int) -> tuple[float, float]:
     """``lmserv run NAME`` with a warm service vs ``lmserv run PATH`` with none (a transient
     server each time; the path, because a name outside the catalog is the service's only)."""
-    name = model.name.removesuffix(".gguf")
 
     def run(e: dict[str, str], spec: str) -> None:
         argv = [sys.executable, "-m", "lmserv", "run", spec, PROMPT, "--max-tokens", "1"]
@@ -135,6 +143,8 @@ def main() -> None:
         }
         os.environ.update(env)
         with ModelService(folder, max_models=0, keep_alive=-1) as service:
+            # A catalog model (Gemma) is served by its catalog name, any other by its stem.
+            name = service.models()[0].name
             b, o = per_request(model, service, name, args.requests)
             print(
                 f"1-token completion per request: LlamaServer {b * 1e3:.2f} ms, service "
@@ -147,7 +157,7 @@ def main() -> None:
             )
             with Client(service.base_url, model=name) as client:  # loaded for the warm runs
                 client.complete(PROMPT, max_tokens=1)
-            b, o = run_command(env, model, args.rounds)
+            b, o = run_command(env, model, name, args.rounds)
             print(
                 f"`lmserv run {name}`: transient {b * 1e3:.0f} ms, warm service {o * 1e3:.0f} ms, "
                 f"ratio {o / b:.2f}"

@@ -42,6 +42,10 @@ class Faults:
     drop: int = 0  # close this many connections without answering
     drop_stream_after: int | None = None  # stream this many events, then close mid-stream
     delay: float = 0.0  # wait this long before answering
+    # Answer this many requests, then drop the next request on the same connection unanswered:
+    # llama-server closes its end after every streamed answer without a "Connection: close"
+    # header, so a request the client sends on that kept-alive connection meanwhile is lost.
+    close_after_answer: int = 0
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: Any  # the decoded JSON body, or None
+    peer: int = 0  # the client's port: which connection the request came on
 
 
 # What the counting model answers on a real llama-server, trimmed to the fields lmserv reads.
@@ -135,11 +140,16 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         path = self.path.split("?", 1)[0]
         with owner.lock:
-            owner.recorded.append(Recorded(method, path, dict(self.headers.items()), body))
+            owner.recorded.append(
+                Recorded(method, path, dict(self.headers.items()), body, self.client_address[1])
+            )
             faults = owner.faults
-            drop = faults.drop > 0
-            if drop:
+            drop = faults.drop > 0 or getattr(self, "_closing", False)
+            if faults.drop > 0:
                 faults.drop -= 1
+            elif not drop and faults.close_after_answer > 0:
+                faults.close_after_answer -= 1
+                self._closing = True  # this connection's next request is dropped
             reply = owner.replies.get((method, path)) or _default_reply(method, path, body)
         if faults.delay:
             time.sleep(faults.delay)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import warnings
 from typing import Any
 
@@ -267,6 +268,57 @@ def test_posts_and_statuses_are_not_retried(api: ApiServer, client: Client) -> N
         client.health()
     assert loading.value.status_code == 503
     assert [r.path for r in api.recorded] == ["/completion", "/health"]
+
+
+def test_idle_connections_are_given_up_before_llama_server_closes_them(api: ApiServer) -> None:
+    # llama-server (cpp-httplib) closes a connection idle for 5 s; a POST written on it at that
+    # moment fails with "Server disconnected" and is not retried. The clients drop idle
+    # connections at KEEPALIVE_EXPIRY (4 s), so a request after 4-5 s idle opens a new one,
+    # while requests close together share one.
+    from lmserv._net import KEEPALIVE_EXPIRY
+
+    assert KEEPALIVE_EXPIRY < 5.0
+
+    async def two_async() -> None:
+        async with AsyncClient(api.base_url, timeout=5.0) as aclient:
+            await aclient.complete("one")
+            await asyncio.sleep(KEEPALIVE_EXPIRY + 0.3)
+            await aclient.complete("one")
+
+    with Client(api.base_url, timeout=5.0) as sync:
+        sync.complete("one")
+        sync.complete("one")
+        time.sleep(KEEPALIVE_EXPIRY + 0.3)
+        sync.complete("one")
+    asyncio.run(two_async())
+    peers = [r.peer for r in api.recorded]
+    assert peers[0] == peers[1], "back-to-back requests should share a connection"
+    assert peers[2] != peers[1], "an idle connection was reused at llama-server's close time"
+    assert peers[4] != peers[3], "the async client reused an idle connection"
+
+
+def test_a_request_meeting_a_connection_the_server_closed_is_sent_again(
+    api: ApiServer, client: Client
+) -> None:
+    # The model service closes the connection after every answer (see lmserv._net.RequestTrace);
+    # a request already sent on it is lost unanswered and must go again on a new connection.
+    # A drop on a connection opened for the request is not retried (the test above).
+    api.faults.close_after_answer = 4
+    assert client.complete("one").text == " three four"
+    assert client.complete("one").text == " three four"
+    assert "".join(client.stream("one")) == " three four"
+
+    async def main() -> str:
+        async with AsyncClient(api.base_url, timeout=5.0) as aclient:
+            await aclient.tokenize("one two")  # answered, then its connection closes
+            return (await aclient.complete("one")).text
+
+    assert asyncio.run(main()) == " three four"
+    peers = [r.peer for r in api.recorded]
+    # sync: answered on A; dropped on A, answered on B; dropped on B, streamed on C
+    assert peers[0] == peers[1] != peers[2] == peers[3] != peers[4], peers
+    assert peers[5] == peers[6] != peers[7], peers  # async: the same
+    assert len(peers) == 8
 
 
 def test_a_timeout_is_not_retried(api: ApiServer) -> None:

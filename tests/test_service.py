@@ -286,6 +286,39 @@ def test_two_models_answer_concurrent_requests_exactly(service: ModelService) ->
     assert _states(service) == {"counting": "loaded", "tiny-embed": "loaded"}
 
 
+def test_back_to_back_requests_on_one_client(
+    llama_build: LlamaBuild, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The router closes the connection after each answer (it streams what it proxies, and
+    # llama-server ends every streamed response by closing) without a "Connection: close"
+    # header; a client that sent its next request on the kept-alive connection failed within
+    # 5-35 requests here ("Server disconnected without sending a response"), when the instance
+    # used both cores (its default threads; with -t 1 the router closes in time). The client
+    # now sends such a request again on a new connection (lmserv._net.RequestTrace).
+    import asyncio
+
+    from lmserv import AsyncClient
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    write_counting_model(tmp_path / "models" / "counting.gguf")
+    with (
+        ModelService(tmp_path / "models", keep_alive=-1) as own,
+        own.client(model="counting") as client,
+    ):
+        for _ in range(150):
+            assert client.complete("one two", max_tokens=1, temperature=0).text == " three"
+        for _ in range(20):
+            assert "".join(client.stream("one two", max_tokens=2, temperature=0)) == " three four"
+
+        async def async_side() -> None:
+            async with AsyncClient(own.base_url, model="counting") as aclient:
+                for _ in range(100):
+                    answer = await aclient.complete("one two", max_tokens=1, temperature=0)
+                    assert answer.text == " three"
+
+        asyncio.run(async_side())
+
+
 def test_unknown_model_names_the_available_ones(service: ModelService) -> None:
     with service.client(model="nope") as client, pytest.raises(ModelNotServed) as err:
         client.complete("one", max_tokens=1)

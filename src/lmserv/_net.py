@@ -9,9 +9,63 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
+import httpx
+
 from lmserv.errors import ConfigError
 
-__all__ = ["is_loopback", "normalize_endpoints", "parse_endpoint"]
+__all__ = [
+    "KEEPALIVE_EXPIRY",
+    "STALE_ATTEMPTS",
+    "RequestTrace",
+    "is_loopback",
+    "normalize_endpoints",
+    "parse_endpoint",
+]
+
+#: Seconds an idle HTTP connection to llama-server is kept for reuse. llama-server (cpp-httplib,
+#: ``CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND``) closes a connection idle for 5 s, httpx's own default
+#: expiry: a request written at that moment meets the close and fails with "Server disconnected
+#: without sending a response". Giving idle connections up a second earlier avoids the race.
+KEEPALIVE_EXPIRY = 4.0
+
+#: How many times a request is sent when each try met a kept-alive connection the server had
+#: already closed (:class:`RequestTrace`); a try on a new connection is never repeated.
+STALE_ATTEMPTS = 3
+
+
+class RequestTrace:
+    """What httpcore did for one request, through httpx's ``trace`` extension.
+
+    llama-server closes the connection after every streamed response (its chunked-content
+    provider returns false once done, which cpp-httplib reads as a failed write), without a
+    ``Connection: close`` header, so httpx keeps the connection for the next request. That is
+    every answer of the model service (the router streams what it proxies) and every stream
+    of a single server. A request sent on it before the close arrives fails with "Server
+    disconnected without sending a response". :meth:`stale` tells that case apart from a
+    server that failed while answering: the request went out on a reused connection (no new
+    one was opened for it) and no response header came back, so the server never read it and
+    sending it again on a new connection is safe, even for a generation.
+
+    Pass ``extensions={"trace": trace}`` (sync) or ``{"trace": trace.async_hook}`` (async).
+    """
+
+    def __init__(self) -> None:
+        self.connected = False  # a connection was opened for this request
+        self.answered = False  # response headers arrived
+
+    def __call__(self, name: str, info: object) -> None:
+        if name.startswith("connection.connect_"):
+            self.connected = True
+        elif name.endswith("receive_response_headers.complete"):
+            self.answered = True
+
+    async def async_hook(self, name: str, info: object) -> None:
+        self(name, info)
+
+    def stale(self, exc: BaseException) -> bool:
+        """True when ``exc`` came from a reused connection the server had closed (see above)."""
+        dropped = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+        return isinstance(exc, dropped) and not self.connected and not self.answered
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:

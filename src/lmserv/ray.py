@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 
 from lmserv import errors
+from lmserv._net import KEEPALIVE_EXPIRY, STALE_ATTEMPTS, RequestTrace
 from lmserv.errors import ConfigError, LmservError, ServerError, ServerStartError
 from lmserv.install import ensure_model
 from lmserv.server import LlamaServer
@@ -127,7 +128,11 @@ class LlamaReplica:
             base_url=self._base_url,
             timeout=_UPSTREAM_TIMEOUT,
             # Serve caps requests in flight per replica (max_ongoing_requests); no second cap.
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            limits=httpx.Limits(
+                max_connections=None,
+                max_keepalive_connections=64,
+                keepalive_expiry=KEEPALIVE_EXPIRY,  # below llama-server's 5 s (see there)
+            ),
         )
 
     @property
@@ -153,15 +158,14 @@ class LlamaReplica:
                 f"{request.method} {path} is not allowed; use {', '.join(sorted(methods))}",
                 "invalid_request_error",
             )
-        upstream = self._client.build_request(
-            request.method,
-            path,
-            params=request.url.query,
-            headers=_headers(request.headers.items()),
-            content=await request.body(),
-        )
         try:
-            answer = await self._client.send(upstream, stream=True)
+            answer = await self._send(
+                request.method,
+                path,
+                params=request.url.query,
+                headers=_headers(request.headers.items()),
+                content=await request.body(),
+            )
         except httpx.TransportError as exc:
             # The health check will fail too, and Ray replaces this replica: a retry succeeds.
             return _error(
@@ -182,6 +186,22 @@ class LlamaReplica:
             await answer.aclose()
         return Response(body, status_code=answer.status_code, headers=headers)
 
+    async def _send(self, method: str, path: str, **options: Any) -> httpx.Response:
+        """Send upstream (the response streamed), again on a new connection if the kept-alive
+        one was stale: llama-server closes the connection after each stream without saying so
+        (see lmserv._net.RequestTrace); without this the next request could fail and the health
+        check report a live server as dead."""
+        for attempt in range(STALE_ATTEMPTS):
+            trace = RequestTrace()
+            options["extensions"] = {"trace": trace.async_hook}
+            upstream = self._client.build_request(method, path, **options)
+            try:
+                return await self._client.send(upstream, stream=True)
+            except httpx.TransportError as exc:
+                if attempt == STALE_ATTEMPTS - 1 or not trace.stale(exc):
+                    raise
+        raise AssertionError("unreachable")
+
     async def check_health(self) -> None:
         """Raise when llama-server has exited or stopped answering, so Ray replaces us."""
         if not self._server.running:
@@ -192,7 +212,11 @@ class LlamaReplica:
                 f"({self._server.log_path}):\n{self._server.log_tail(10)}"
             )
         try:
-            answer = await self._client.get("/health", timeout=_HEALTH_TIMEOUT)
+            answer = await self._send("GET", "/health", timeout=_HEALTH_TIMEOUT)
+            try:
+                await answer.aread()
+            finally:
+                await answer.aclose()
         except httpx.TransportError as exc:
             raise ServerError(
                 f"llama-server at {self._base_url} did not answer /health within "

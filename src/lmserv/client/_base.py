@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from lmserv._inputs import check_api_key, check_base_url
+from lmserv._net import KEEPALIVE_EXPIRY
 from lmserv._types import (
     ChatCompletion,
     Completion,
@@ -32,11 +33,15 @@ from lmserv.errors import ModelNotServed, ServerUnavailable
 if TYPE_CHECKING:
     pass
 
-__all__ = ["DEFAULT_TIMEOUT", "R", "_Base"]
+__all__ = ["DEFAULT_TIMEOUT", "LIMITS", "R", "_Base"]
 
 #: Generation can take minutes on a big model; connecting to a local server cannot.
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 _GET_ATTEMPTS = 3  # GETs are idempotent: retried on a refused or dropped connection only
+#: The connection pool of both clients: httpx's defaults but for the expiry (see KEEPALIVE_EXPIRY).
+LIMITS = httpx.Limits(
+    max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY
+)
 
 _NATIVE = "/completion"  # llama-server's native route: prompt in, n_predict, "stop" event
 _CHAT = "/v1/chat/completions"  # the OpenAI-style route: messages in, max_tokens, [DONE]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, overload
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, overload
 import httpx
 
 from lmserv._inputs import check_json_text
+from lmserv._net import STALE_ATTEMPTS, RequestTrace
 from lmserv._types import (
     ChatArgs,
     ChatCompletion,
@@ -23,7 +25,16 @@ from lmserv._types import (
     SamplingArgs,
     SamplingOptions,
 )
-from lmserv.client._base import _CHAT, _GET_ATTEMPTS, _NATIVE, DEFAULT_TIMEOUT, R, _Base, _metrics
+from lmserv.client._base import (
+    _CHAT,
+    _GET_ATTEMPTS,
+    _NATIVE,
+    DEFAULT_TIMEOUT,
+    LIMITS,
+    R,
+    _Base,
+    _metrics,
+)
 from lmserv.client._responses import (
     AsyncTextStream,
     TextStream,
@@ -35,6 +46,8 @@ from lmserv.errors import ServerUnavailable
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -74,7 +87,7 @@ class Client(_Base):
     ) -> None:
         super().__init__(base_url, api_key=api_key, timeout=timeout, model=model)
         self._http = httpx.Client(
-            base_url=self.base_url, headers=self._headers, timeout=self.timeout
+            base_url=self.base_url, headers=self._headers, timeout=self.timeout, limits=LIMITS
         )
 
     # -- plumbing -------------------------------------------------------------------------
@@ -96,9 +109,26 @@ class Client(_Base):
         body = self._routed(body)
         check_json_text(body, where)
         with _translate(self.base_url, where, self.timeout):
-            response = self._http.post(path, json=body)
+            response = self._send("POST", path, body, stream=False)
         self._check_model(response, body)
         return self._checked(response, where).json()
+
+    def _send(
+        self, method: str, path: str, body: Mapping[str, Any], *, stream: bool
+    ) -> httpx.Response:
+        """Send, again on a new connection if the kept-alive one was stale (RequestTrace)."""
+        for attempt in range(STALE_ATTEMPTS):
+            trace = RequestTrace()
+            request = self._http.build_request(method, path, json=body, extensions={"trace": trace})
+            try:
+                return self._http.send(request, stream=stream)
+            except httpx.TransportError as exc:
+                if attempt == STALE_ATTEMPTS - 1 or not trace.stale(exc):
+                    raise
+                log.debug(
+                    "%s %s met a closed kept-alive connection; sending it again", method, path
+                )
+        raise AssertionError("unreachable")
 
     def _check_model(self, response: httpx.Response, body: Mapping[str, Any]) -> None:
         """Raise :class:`ModelNotServed` when the service refused an unknown model."""
@@ -117,8 +147,7 @@ class Client(_Base):
         body = self._routed(body)
         check_json_text(body, where)
         with _translate(self.base_url, where, self.timeout):
-            request = self._http.build_request("POST", path, json=body)
-            response = self._http.send(request, stream=True)
+            response = self._send("POST", path, body, stream=True)
             if response.status_code >= 400:
                 response.read()
                 response.close()
@@ -321,7 +350,7 @@ class AsyncClient(_Base):
     ) -> None:
         super().__init__(base_url, api_key=api_key, timeout=timeout, model=model)
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, headers=self._headers, timeout=self.timeout
+            base_url=self.base_url, headers=self._headers, timeout=self.timeout, limits=LIMITS
         )
 
     async def _get(self, path: str) -> httpx.Response:
@@ -342,9 +371,27 @@ class AsyncClient(_Base):
         body = self._routed(body)
         check_json_text(body, where)
         with _translate(self.base_url, where, self.timeout):
-            response = await self._http.post(path, json=body)
+            response = await self._send("POST", path, body, stream=False)
         await self._check_model(response, body)
         return self._checked(response, where).json()
+
+    async def _send(
+        self, method: str, path: str, body: Mapping[str, Any], *, stream: bool
+    ) -> httpx.Response:
+        """See :meth:`Client._send`."""
+        for attempt in range(STALE_ATTEMPTS):
+            trace = RequestTrace()
+            hook = {"trace": trace.async_hook}
+            request = self._http.build_request(method, path, json=body, extensions=hook)
+            try:
+                return await self._http.send(request, stream=stream)
+            except httpx.TransportError as exc:
+                if attempt == STALE_ATTEMPTS - 1 or not trace.stale(exc):
+                    raise
+                log.debug(
+                    "%s %s met a closed kept-alive connection; sending it again", method, path
+                )
+        raise AssertionError("unreachable")
 
     async def _check_model(self, response: httpx.Response, body: Mapping[str, Any]) -> None:
         """See :meth:`Client._check_model`."""
@@ -363,8 +410,7 @@ class AsyncClient(_Base):
         body = self._routed(body)
         check_json_text(body, where)
         with _translate(self.base_url, where, self.timeout):
-            request = self._http.build_request("POST", path, json=body)
-            response = await self._http.send(request, stream=True)
+            response = await self._send("POST", path, body, stream=True)
             if response.status_code >= 400:
                 await response.aread()
                 await response.aclose()
