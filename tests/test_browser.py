@@ -156,7 +156,7 @@ def test_no_ui_turns_the_page_off(ui_build: LlamaBuild, model: Path) -> None:
 
 def test_service_no_ui_turns_the_page_off(ui_build: LlamaBuild, tmp_path: Path) -> None:
     with ModelService(tmp_path / "models", ui=False, state_file=False) as service:
-        assert "--no-ui" in service.args()
+        assert "--no-ui" in service.command()
         assert service.has_page is False
         answer = httpx.get(service.base_url + "/", headers={"Accept-Encoding": "gzip"})
         assert not answer.headers.get("content-type", "").startswith("text/html")

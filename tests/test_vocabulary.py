@@ -26,6 +26,8 @@ from lmserv import (
     LlamaParams,
     LlamaServer,
     LlamaStream,
+    LmservError,
+    ModelService,
     RpcWorker,
     SamplingOptions,
     split_options,
@@ -94,17 +96,24 @@ LIFECYCLE = ("start", "stop", "wait", "command", "log_tail", "__enter__", "__exi
 STATE = ("running", "pid", "port", "returncode")
 
 
-def test_llama_server_and_rpc_worker_share_lifecycle_names() -> None:
+def test_llama_server_and_rpc_worker_share_lifecycle_names(tmp_path: Path) -> None:
     server = LlamaServer("model.gguf", port=8081)
     worker = RpcWorker(port=50099)
+    (tmp_path / "llama-server").write_bytes(b"")  # command() needs a binary, not a build
+    service = ModelService(tmp_path, port=8082, binary=tmp_path / "llama-server")
     for name in LIFECYCLE:
-        assert callable(getattr(server, name)) and callable(getattr(worker, name)), name
-    for obj in (server, worker):
+        for obj in (server, worker, service):
+            assert callable(getattr(obj, name)), (type(obj).__name__, name)
+    for obj in (server, worker, service):
         assert (obj.running, obj.pid, obj.returncode, obj.log_path) == (False, None, None, None)
         assert obj.log_tail() == ""
         assert obj.stop() is None  # never started: nothing to stop
         assert obj.start_timeout > 0 and obj.stop_timeout > 0
-    assert (server.port, worker.port) == (8081, 50099)
+    assert (server.port, worker.port, service.port) == (8081, 50099, 8082)
+    with pytest.raises(LmservError, match="never started"):
+        service.wait()
+    with pytest.warns(DeprecationWarning, match="command"):
+        assert service.args() == service.command()
     for name in ("stop", "wait", "log_tail"):
         ours = inspect.signature(getattr(LlamaServer, name)).parameters
         theirs = inspect.signature(getattr(RpcWorker, name)).parameters

@@ -1,7 +1,7 @@
-"""Process-supervision plumbing shared by :class:`~lmserv.server.LlamaServer` and
-:class:`~lmserv.rpc.RpcWorker`.
+"""Process-supervision plumbing shared by :class:`~lmserv.server.LlamaServer`,
+:class:`~lmserv.rpc.RpcWorker` and :class:`~lmserv.service.ModelService`.
 
-Both run a llama.cpp binary as a child that must never outlive Python, log to a file rather
+Each runs a llama.cpp binary as a child that must never outlive Python, log to a file rather
 than a pipe, and stop with SIGTERM before SIGKILL. The two classes differ in details that
 matter to their binaries (which signal a dying parent sends, whether SIGPIPE stays ignored,
 how long a stop may take); those are parameters here, and each class passes its own.
@@ -23,12 +23,15 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import IO, TypeVar
+from types import TracebackType
+from typing import IO, ClassVar, TypeVar
 
 from lmserv import config
+from lmserv.errors import LmservError, ServerError
 
 __all__ = [
     "LOG_KEEP",
+    "Supervised",
     "free_port",
     "new_log_path",
     "parent_death_hook",
@@ -270,3 +273,66 @@ def new_log_path(prefix: str, tag: str, *, keep: int = LOG_KEEP) -> Path:
     prune_logs(folder, f"{prefix}-*.log", keep)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return folder / f"{prefix}-{stamp}-{tag}.log"
+
+
+_S = TypeVar("_S", bound="Supervised")
+
+
+class Supervised:
+    """The surface the supervising classes share, under the same names: ``running``, ``pid``,
+    ``returncode``, ``wait``, ``log_tail`` and the ``with`` statement (``start`` / ``stop``).
+
+    A subclass implements ``start`` (which sets ``_proc`` and ``log_path``) and ``stop``, and
+    names itself in ``_noun`` and the error ``wait`` raises before a start in ``_error``.
+    """
+
+    _proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    _noun: ClassVar[str] = "server"
+    _error: ClassVar[type[LmservError]] = ServerError
+    _tail_bytes_per_line: ClassVar[int] = 256
+
+    def start(self: _S) -> _S:
+        raise NotImplementedError
+
+    def stop(self) -> int | None:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the process ended (``None`` while running or never started)."""
+        return self._proc.returncode if self._proc is not None else None
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the process exits (e.g. ``lmserv serve`` in the foreground); its code."""
+        if self._proc is None:
+            raise self._error(
+                f"{type(self).__name__}.wait(): the {self._noun} was never started; call start()"
+            )
+        return self._proc.wait(timeout)
+
+    def log_tail(self, lines: int = 50) -> str:
+        """The last ``lines`` lines of the process's log (the whole log is at ``log_path``;
+        ``""`` before the first start)."""
+        if self.log_path is None:
+            return ""
+        return read_tail(self.log_path, lines, max_bytes=self._tail_bytes_per_line * lines)
+
+    def __enter__(self: _S) -> _S:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

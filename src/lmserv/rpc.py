@@ -48,10 +48,9 @@ import warnings
 import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
 
 from lmserv._net import is_loopback, normalize_endpoints, parse_endpoint
-from lmserv._process import free_port, new_log_path, read_tail, spawn, terminate
+from lmserv._process import Supervised, free_port, new_log_path, spawn, terminate
 from lmserv.errors import ConfigError, WorkerError
 from lmserv.install.finder import find_binary
 
@@ -206,7 +205,7 @@ def _stop_all() -> None:
             worker.stop(timeout=2.0)
 
 
-class RpcWorker:
+class RpcWorker(Supervised):
     """One supervised ``ggml-rpc-server`` process.
 
     ``host`` must be an IPv4 address (``ggml-rpc-server`` does not resolve names); the default
@@ -227,6 +226,9 @@ class RpcWorker:
     ``running``, ``pid``, ``port``, ``returncode``, ``command()``, ``log_path``, ``log_tail()``
     and ``with``; ``stop(grace=...)`` is the deprecated old spelling of ``stop(timeout=...)``.
     """
+
+    _noun = "worker"
+    _error = WorkerError
 
     def __init__(
         self,
@@ -292,18 +294,6 @@ class RpcWorker:
             raise WorkerError("RpcWorker.endpoint: the worker was given port=None and not started")
         return f"{_connect_host(self.host)}:{self._port}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.returncode if self._proc is not None else None
-
     def command(self, port: int | None = None) -> list[str]:
         """The argument list that starts this worker (no shell involved)."""
         binary = self._binary if self._binary is not None else find_binary(RPC_BINARY)
@@ -339,12 +329,6 @@ class RpcWorker:
             if time.monotonic() > deadline or not self.running:
                 return []
             time.sleep(0.05)
-
-    def log_tail(self, lines: int = 50) -> str:
-        """The last ``lines`` lines of the worker's log ('' before the first start)."""
-        if self.log_path is None:
-            return ""
-        return read_tail(self.log_path, lines, max_bytes=64 * 1024)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -459,12 +443,6 @@ class RpcWorker:
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
 
-    def wait(self, timeout: float | None = None) -> int:
-        """Block until the worker exits (e.g. ``lmserv worker`` in the foreground); its code."""
-        if self._proc is None:
-            raise WorkerError("RpcWorker.wait(): the worker was never started")
-        return self._proc.wait(timeout)
-
     def stop(self, timeout: float | None = None, *, grace: float | None = None) -> int | None:
         """Stop the worker: SIGTERM, then SIGKILL after ``timeout`` seconds (``stop_timeout``
         by default). Safe to call twice.
@@ -492,14 +470,3 @@ class RpcWorker:
                 "RPC worker pid %s ignored SIGTERM; killing it", proc.pid
             ),
         )
-
-    def __enter__(self) -> RpcWorker:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -34,14 +34,13 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
 import httpx
 
 from lmserv._fs import require_model_file
 from lmserv._inputs import check_api_key
-from lmserv._process import new_log_path, read_tail, spawn, terminate
+from lmserv._process import Supervised, new_log_path, spawn, terminate
 from lmserv._server_facts import LaunchFacts
 from lmserv._server_info import (
     ServerInfo,
@@ -81,7 +80,7 @@ def _is_loopback(host: str) -> bool:
     return host == "" or host.endswith(".sock") or is_loopback(host)
 
 
-class LlamaServer:
+class LlamaServer(Supervised):
     """One supervised ``llama-server`` serving ``model``.
 
     >>> with LlamaServer("model.gguf") as server:          # doctest: +SKIP
@@ -245,19 +244,6 @@ class LlamaServer:
         return env
 
     # -- lifecycle ------------------------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    @property
-    def returncode(self) -> int | None:
-        """The exit code once the process ended (``None`` while running or never started)."""
-        return self._proc.returncode if self._proc is not None else None
-
     @property
     def port(self) -> int | None:
         """The port in use once started (chosen by the OS when ``port=None`` was given);
@@ -479,29 +465,6 @@ class LlamaServer:
         code = terminate(proc, grace, resend_after=1.0, before_kill=before_kill)
         self._url = None
         return code
-
-    def wait(self, timeout: float | None = None) -> int:
-        """Block until the process exits (e.g. ``lmserv serve`` in the foreground)."""
-        if self._proc is None:
-            raise ServerError("LlamaServer.wait(): the server was never started")
-        return self._proc.wait(timeout)
-
-    def log_tail(self, lines: int = 50) -> str:
-        """The last ``lines`` lines llama-server wrote (the full log is at :attr:`log_path`)."""
-        if self.log_path is None:
-            return ""
-        return read_tail(self.log_path, lines, max_bytes=256 * lines)
-
-    def __enter__(self) -> LlamaServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = f"running at {self._url}" if self.running and self._url else "stopped"

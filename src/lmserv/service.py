@@ -28,16 +28,16 @@ import signal
 import subprocess
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
 
 from lmserv import config
-from lmserv._process import free_port, new_log_path, read_tail, spawn, terminate
+from lmserv._process import Supervised, free_port, new_log_path, spawn, terminate
 from lmserv._server_info import _serves_page
 from lmserv._service_preset import folder_snapshot, parse_keep_alive, preset_models, render_preset
 from lmserv._service_state import (
@@ -158,7 +158,7 @@ def _http_status(url: str, api_key: str | None) -> int:
     return httpx.get(url, headers=headers, timeout=5.0).status_code
 
 
-class ModelService:
+class ModelService(Supervised):
     """llama-server's router over a models folder, supervised like :class:`~lmserv.LlamaServer`.
 
     >>> with ModelService() as service:                                  # doctest: +SKIP
@@ -178,6 +178,8 @@ class ModelService:
     Raises :class:`~lmserv.errors.BinaryNotFound`, :class:`ServerStartError` (llama-server
     exited, or a service already runs over the folder), :class:`ServerTimeout`.
     """
+
+    _noun = "service"
 
     def __init__(
         self,
@@ -234,6 +236,13 @@ class ModelService:
 
     # -- arguments ------------------------------------------------------------------------
     def args(self, port: int | None = None) -> list[str]:
+        """Deprecated name of :meth:`command` (``LlamaServer`` and ``RpcWorker`` say command)."""
+        warnings.warn(
+            "ModelService.args() is deprecated; use command()", DeprecationWarning, stacklevel=2
+        )
+        return self.command(port)
+
+    def command(self, port: int | None = None) -> list[str]:
         """The command line :meth:`start` runs (binary resolved; the preset path once started)."""
         binary = self.binary or find_binary("llama-server")
         if not binary.is_file():
@@ -266,14 +275,6 @@ class ModelService:
         return env
 
     # -- lifecycle ------------------------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
     @property
     def base_url(self) -> str:
         """``http://HOST:PORT`` of the running service; raises :class:`ServerError` before."""
@@ -332,7 +333,7 @@ class ModelService:
     def _launch_and_wait(self) -> None:
         for attempt in range(3):
             port = self.port or free_port(self.host if is_loopback(self.host) else "0.0.0.0")
-            argv = self.args(port)
+            argv = self.command(port)
             log.info("starting %s", " ".join(argv))
             self._open_log()
             assert self.log_path is not None
@@ -453,18 +454,6 @@ class ModelService:
         self._url = None
         return code
 
-    def wait(self, timeout: float | None = None) -> int:
-        """Block until the router exits (``lmserv serve`` in the foreground)."""
-        if self._proc is None:
-            raise ServerError("ModelService.wait(): the service was never started")
-        return self._proc.wait(timeout)
-
-    def log_tail(self, lines: int = 50) -> str:
-        """The last ``lines`` lines of the router's log (its instances' lines included)."""
-        if self.log_path is None:
-            return ""
-        return read_tail(self.log_path, lines, max_bytes=256 * lines)
-
     # -- models ---------------------------------------------------------------------------
     def refresh(self, *, reload: bool = True) -> bool:
         """Rebuild the preset from the models folder; if it changed, have the router reload it.
@@ -580,17 +569,6 @@ class ModelService:
                 self._last_used[m.group(1)] = time.time()
                 used = True
         return used
-
-    def __enter__(self) -> ModelService:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = f"running at {self._url}" if self.running and self._url else "stopped"

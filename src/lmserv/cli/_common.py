@@ -20,6 +20,7 @@ from types import FrameType
 from typing import Any
 
 from lmserv import config
+from lmserv._process import Supervised
 from lmserv._units import human_bytes
 from lmserv.install._models import resolve_model as _resolve_installed
 
@@ -105,6 +106,27 @@ def sigterm_as_interrupt() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def run_in_foreground(proc: Supervised, what: str, announce: Callable[[], None]) -> int:
+    """``lmserv serve``'s foreground loop for ``proc`` (a ``LlamaServer`` or ``ModelService``):
+    start it, ``announce`` what is ready, wait; Ctrl-C or SIGTERM stops it (exit 0), an exit of
+    its own is a failure (exit 1, with the last log lines)."""
+    sigterm_as_interrupt()
+    try:
+        proc.start()
+        announce()
+        code = proc.wait()
+        print(
+            f"lmserv: {what} exited with code {code}; last log lines:\n{proc.log_tail(10)}",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:
+        print(f"lmserv: stopping {what}", file=sys.stderr)
+        return 0
+    finally:
+        proc.stop()
 
 
 def resolve_model(spec: str | None, *, pull: bool) -> Path:

@@ -21,6 +21,7 @@ from lmserv.cli._common import (
     int_arg,
     positive_int,
     resolve_model,
+    run_in_foreground,
     sigterm_as_interrupt,
 )
 from lmserv.cli._distributed import add_distributed_options, distributed_kwargs
@@ -201,9 +202,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"lmserv: error: --replicas {args.replicas} needs --ray", file=sys.stderr)
         return 2  # a usage error
     server = _make_server(args, host=settings.host, port=port, api_key=settings.api_key, ui=args.ui)
-    sigterm_as_interrupt()
-    try:
-        server.start()
+
+    def announce() -> None:
         print(
             f"llama-server ready at {server.base_url}  (OpenAI API: {server.base_url}/v1)",
             flush=True,
@@ -217,17 +217,8 @@ def _serve(args: argparse.Namespace) -> int:
             api_key=bool(settings.api_key),
         )
         print(f"  log: {server.log_path}   stop with Ctrl-C", flush=True)
-        code = server.wait()
-        print(
-            f"lmserv: llama-server exited with code {code}; last log lines:\n{server.log_tail(10)}",
-            file=sys.stderr,
-        )
-        return 1
-    except KeyboardInterrupt:
-        print("lmserv: stopping llama-server", file=sys.stderr)
-        return 0
-    finally:
-        server.stop()
+
+    return run_in_foreground(server, "llama-server", announce)
 
 
 class _Session:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import signal
 import sys
-from types import FrameType
 
 from lmserv import config
-from lmserv.cli._common import add_json_flag, human_bytes, int_arg, print_json
+from lmserv.cli._common import (
+    add_json_flag,
+    human_bytes,
+    int_arg,
+    print_json,
+    run_in_foreground,
+)
 from lmserv.cli._page import announce_page
 from lmserv.client import Client
 from lmserv.errors import BadRequestError, ConfigError, ModelNotServed, ServerUnavailable
@@ -39,13 +43,6 @@ def add_service_options(p: argparse.ArgumentParser) -> None:
         help="service: unload a model after this idle time: 5m (default), 30s, 1h, 0 (after each "
         "request), -1 (never)",
     )
-
-
-def _sigterm_as_interrupt() -> None:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def _echo(line: str) -> None:
@@ -86,9 +83,8 @@ def serve_models(args: argparse.Namespace) -> int:
         ui=args.ui,
         echo=_echo,
     )
-    _sigterm_as_interrupt()
-    try:
-        service.start()
+
+    def announce() -> None:
         names = [m.name for m in service.models()]
         print(
             f"model service ready at {service.base_url}  (OpenAI API: {service.base_url}/v1)",
@@ -104,18 +100,8 @@ def serve_models(args: argparse.Namespace) -> int:
         )
         keep = "never" if service.keep_alive < 0 else f"{service.keep_alive}s"
         print(f"  idle unload after {keep}; log: {service.log_path}; stop with Ctrl-C", flush=True)
-        code = service.wait()
-        print(
-            f"lmserv: the model service exited with code {code}; last log lines:\n"
-            f"{service.log_tail(10)}",
-            file=sys.stderr,
-        )
-        return 1
-    except KeyboardInterrupt:
-        print("lmserv: stopping the model service", file=sys.stderr)
-        return 0
-    finally:
-        service.stop()
+
+    return run_in_foreground(service, "the model service", announce)
 
 
 def _running(args: argparse.Namespace) -> tuple[ServiceState, Client]:

@@ -63,13 +63,20 @@ from lmserv.install._http import (
 from lmserv.install._parallel import RetryPolicy
 from lmserv.install._single import HASH_BLOCK, Bar, Overrun, fetch_single
 
+# The layout helpers (sidecar, lock, part and state paths) and the retry loop are shared with
+# the other sources (the hub, PyPI packages): one place decides where a download's files live.
 __all__ = [
     "DEFAULT_CONNECTIONS",
     "PARALLEL_MIN_SIZE",
     "download_file",
     "is_verified",
+    "lock_path",
+    "part_path",
     "read_sidecar",
     "sidecar_path",
+    "state_path",
+    "with_retries",
+    "write_sidecar",
 ]
 
 log = logging.getLogger(__name__)
@@ -85,15 +92,15 @@ def sidecar_path(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.lmserv.json")
 
 
-def _lock_path(dest: Path) -> Path:
+def lock_path(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.lock")
 
 
-def _part_path(dest: Path) -> Path:
+def part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
 
 
-def _state_path(dest: Path) -> Path:
+def state_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part.json")
 
 
@@ -108,13 +115,13 @@ def read_sidecar(dest: Path) -> dict[str, Any] | None:
 def _read_state(dest: Path) -> dict[str, Any] | None:
     """The resume record ``<name>.part.json`` (``chunks`` is None for one connection)."""
     try:
-        data = json.loads(_state_path(dest).read_text("utf-8"))
+        data = json.loads(state_path(dest).read_text("utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
 
 
-def _write_sidecar(dest: Path, digest: str, size: int, url: str, **extra: Any) -> None:
+def write_sidecar(dest: Path, digest: str, size: int, url: str, **extra: Any) -> None:
     record: dict[str, Any] = {"version": _SIDECAR_VERSION, "sha256": digest, "size": size}
     if dest.exists():
         st = dest.stat()
@@ -179,7 +186,7 @@ def _already_there(dest: Path, sha256: str | None, size: int | None, url: str) -
             "existing %s has SHA-256 %s, expected %s; downloading again", dest, digest, sha256
         )
         return False
-    _write_sidecar(dest, digest, actual_size, url)
+    write_sidecar(dest, digest, actual_size, url)
     return True
 
 
@@ -199,7 +206,7 @@ def _probe(fetcher: Fetcher) -> tuple[int | None, Validators]:
         fetcher.if_range = if_range
 
 
-def _with_retries(
+def with_retries(
     action: Callable[[], _T], policy: RetryPolicy, describe: Callable[[str], str]
 ) -> _T:
     attempt = 0
@@ -223,7 +230,7 @@ def _fetch(
     describe: Callable[[str], str],
 ) -> tuple[str, int]:
     """Fill ``<dest>.part``; returns (sha256, bytes). Picks parallel or single connection."""
-    part, state = _part_path(dest), _state_path(dest)
+    part, state = part_path(dest), state_path(dest)
     record = _read_state(dest)
     known = Validators.from_record(record) if record is not None else None
 
@@ -263,7 +270,7 @@ def _fetch(
         # chunk progress says which bytes are real. Resume it chunk by chunk, or start over.
         current = None
         if total is None:
-            total, current = _with_retries(lambda: _probe(fetcher), policy, describe)
+            total, current = with_retries(lambda: _probe(fetcher), policy, describe)
         if total is not None:
             chunks = _parallel.load_state(state, fetcher.url, total, sha256)
         if chunks is None or not part.exists() or part.stat().st_size != total:
@@ -277,7 +284,7 @@ def _fetch(
     if chunks is None:
         if connections == 1:
             return single()
-        total, current = _with_retries(lambda: _probe(fetcher), policy, describe)
+        total, current = with_retries(lambda: _probe(fetcher), policy, describe)
         if total is not None and size is not None and total != size:
             raise DownloadError(describe(f"the server reports {total} bytes, expected {size}"))
         if known is not None and known.differs(current):
@@ -365,7 +372,7 @@ def download_file(
     is_archive = archive_kind(dest.name) is not None if extract is None else extract
     final = extraction_target(dest) if is_archive else dest
     hint = resume_hint or "call download_file again with the same arguments"
-    part = _part_path(dest)
+    part = part_path(dest)
     try:
         return _download(
             url,
@@ -417,8 +424,8 @@ def _download(
     if ready():
         log.debug("%s is already verified", dest)
         return final
-    part = _part_path(dest)
-    for own in (part, _state_path(dest), _lock_path(dest)):
+    part = part_path(dest)
+    for own in (part, state_path(dest), lock_path(dest)):
         if own.is_symlink():
             raise planted_link(own)
     if size is not None:
@@ -430,7 +437,7 @@ def _download(
     def describe(reason: str) -> str:
         return f"downloading {redact(url)} failed: {reason}; {_kept(part, hint)}"
 
-    lock = FileLock(str(_lock_path(dest)))
+    lock = FileLock(str(lock_path(dest)))
     try:
         lock.acquire(timeout=0)
     except LockTimeout:
@@ -480,8 +487,8 @@ def _download(
                 "download again"
             )
         os.replace(part, dest)
-        _state_path(dest).unlink(missing_ok=True)
-        _write_sidecar(dest, digest, nbytes, url)
+        state_path(dest).unlink(missing_ok=True)
+        write_sidecar(dest, digest, nbytes, url)
         log.info("downloaded %s (%d bytes, sha256 %s)", dest, nbytes, digest)
         return _extract(dest, final, url) if is_archive else final
     finally:
@@ -499,7 +506,7 @@ def _extract(archive: Path, folder: Path, url: str) -> Path:
         if type(exc) is DownloadError:  # a corrupt archive: say that it is gone
             raise DownloadError(f"{exc}; the archive was deleted, download it again") from exc
         raise
-    _write_sidecar(
+    write_sidecar(
         archive,
         str(record.get("sha256", "")),
         int(record.get("size", 0)),
@@ -511,6 +518,6 @@ def _extract(archive: Path, folder: Path, url: str) -> Path:
 
 
 def _discard(dest: Path) -> None:
-    for path in (_part_path(dest), _state_path(dest), sidecar_path(dest)):
+    for path in (part_path(dest), state_path(dest), sidecar_path(dest)):
         with contextlib.suppress(OSError):
             path.unlink()

@@ -45,7 +45,7 @@ import httpx
 
 from lmserv.errors import ConfigError, DownloadError, GatedModel, ModelNotFound
 from lmserv.install._catalog import HUB, hub_endpoint
-from lmserv.install._download import _with_retries as with_retries
+from lmserv.install._download import with_retries
 from lmserv.install._http import Retryable, origin, redact, retry_after
 from lmserv.install._parallel import RetryPolicy
 

