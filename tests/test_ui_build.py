@@ -199,6 +199,32 @@ def test_builder_embeds_the_page_and_stamps_the_choice(
         build_llama_cpp(out, source=src, cuda=False, ui=True, progress=False)
 
 
+@needs_npm
+def test_a_page_that_fails_while_the_compile_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # npm runs in a thread while the C++ compiles. ui="auto": the build completes without the
+    # page and says why; ui=True: the build fails with npm's words and leaves no stamp.
+    src, _ = make_fake_llama(tmp_path / "fake")
+    write_fake_ui(src, "FAIL")
+    subprocess.run(["git", "add", "-A"], cwd=src, check=True)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "commit", "-qm", "ui"], cwd=src, check=True)
+    monkeypatch.setenv("LMSERV_PATHS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    built = build_llama_cpp(out, source=src, cuda=False, ui="auto", progress=False)
+    assert built.ui is False
+    assert json.loads((out / "build-cpu" / "lmserv-build.json").read_text())["ui"] is False
+    log_text = (out / "build-cpu.log").read_text()
+    assert "the page does not build" in log_text, "npm's output is in the build log"
+    assert not (out / "build-cpu.ui.log").exists()
+    assert not (out / "build-cpu" / "tools" / "ui" / "dist").exists()
+
+    with pytest.raises(BuildError, match="npm run build"):
+        build_llama_cpp(out / "strict", source=src, cuda=False, ui=True, progress=False)
+    assert not (out / "strict" / "build-cpu" / "lmserv-build.json").exists()
+
+
 def test_server_reports_the_page_as_it_is(llama_build: LlamaBuild, model: Path) -> None:
     # The shared build has the page wherever npm is (build_shared); ui=False turns it off.
     with LlamaServer(model) as server:

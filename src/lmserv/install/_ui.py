@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -29,8 +30,10 @@ from filelock import FileLock
 from lmserv.errors import BuildError, ToolchainMissing
 
 __all__ = [
+    "PageJob",
     "UiChoice",
     "assets_for",
+    "cached_page",
     "find_npm",
     "has_page_source",
     "place_assets",
@@ -178,3 +181,62 @@ def place_assets(dist: Path | None, build_dir: Path) -> None:
     if dist is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(dist, target)
+
+
+def cached_page(tree: Path, cache: Path) -> Path | None:
+    """The page :func:`assets_for` would return without running npm, or ``None``."""
+    dist = cache / "ui" / ui_key(tree / "tools" / "ui") / "dist"
+    return dist if (dist / "index.html").is_file() else None
+
+
+class _Runner(Protocol):
+    """The builder's runner: ``run`` (a :class:`Run`), ``kill`` and the log it writes."""
+
+    log_path: Path
+
+    def run(
+        self,
+        cmd: list[str],
+        what: str,
+        *,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> str: ...
+
+    def kill(self) -> None: ...
+
+
+class PageJob:
+    """:func:`assets_for` in a thread, so that npm runs while the C++ compiles. ``runner`` runs
+    its commands into its own log, appended to ``build_log`` when the job ends."""
+
+    def __init__(self, tree: Path, cache: Path, npm: str, runner: _Runner, build_log: Path) -> None:
+        self.failed = False
+        self._build_log = build_log
+        self._runner = runner
+        runner.log_path.write_text("")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="lmserv-page")
+        self._future = self._pool.submit(assets_for, tree, cache, npm=npm, run=runner.run)
+
+    def result(self) -> Path:
+        """The page folder; the page build's :class:`BuildError` (``failed`` set) if it failed."""
+        try:
+            return self._future.result()
+        except BuildError:
+            self.failed = True
+            raise
+        finally:
+            self._append_log()
+
+    def cancel(self) -> None:
+        """Stop npm if it still runs (the compile failed or was interrupted) and wait for it."""
+        self._runner.kill()
+        self._pool.shutdown(wait=True)
+        self._append_log()
+
+    def _append_log(self) -> None:
+        ui_log = self._runner.log_path
+        if ui_log.exists():
+            with self._build_log.open("a", encoding="utf-8", errors="replace") as logf:
+                logf.write(ui_log.read_text(encoding="utf-8", errors="replace"))
+            ui_log.unlink()

@@ -169,6 +169,15 @@ class _Runner:
         self.log_path = log_path
         self.progress = progress
         self.tail: deque[str] = deque(maxlen=_TAIL_LINES)
+        self._proc: subprocess.Popen[str] | None = None
+        self._killed = False
+
+    def kill(self) -> None:
+        """Stop the command running now, and any later one (from another thread)."""
+        self._killed = True
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
 
     def run(
         self,
@@ -182,6 +191,8 @@ class _Runner:
         with self.log_path.open("a", encoding="utf-8", errors="replace") as logf:
             logf.write(f"\n$ {' '.join(cmd)}\n")
             logf.flush()
+            if self._killed:
+                raise BuildError(f"llama.cpp {what} was not run: the build stopped")
             proc = subprocess.Popen(
                 cmd,
                 cwd=cwd,
@@ -192,6 +203,7 @@ class _Runner:
                 errors="replace",
                 bufsize=1,
             )
+            self._proc = proc
             assert proc.stdout is not None
             for line in proc.stdout:
                 logf.write(line)
@@ -471,22 +483,29 @@ def build_llama_cpp(
             report, close = progress, lambda: None
         runner = _Runner(log_path, report)
         started = time.monotonic()
-        page_dir: Path | None = None
-        if page:
+        # npm builds the page (minutes, once) while the C++ compiles: llama.cpp embeds it at
+        # build time (llama-ui-assets runs on every build), so a second short build adds it.
+        page_dir = _ui.cached_page(tree.path, config.cache_dir()) if page else None
+        page_job = None
+        if page and page_dir is None:
             assert npm is not None
-            try:
-                page_dir = _ui.assets_for(tree.path, config.cache_dir(), npm=npm, run=runner.run)
-            except BuildError as exc:
-                if ui is True:
-                    close()
-                    raise
-                log.warning("building llama-server without its chat page: %s", exc)
-                key = _stamp_key(tree.commit, options, targets, ui=False)
+            ui_runner = _Runner(log_path.with_name(log_path.stem + ".ui.log"), None)
+            page_job = _ui.PageJob(tree.path, config.cache_dir(), npm, ui_runner, log_path)
         _ui.place_assets(page_dir, build_dir)
         try:
             configure_out = runner.run(configure, "CMake configure")
             runner.run(build, "compile")
+            if page_job is not None:
+                _ui.place_assets(page_job.result(), build_dir)
+                runner.run(build, "compile (embedding the chat page)")
+        except BuildError as exc:
+            if page_job is None or not page_job.failed or ui is True:
+                raise
+            log.warning("building llama-server without its chat page: %s", exc)
+            key = _stamp_key(tree.commit, options, targets, ui=False)
         finally:
+            if page_job is not None:
+                page_job.cancel()
             close()
         missing = [str(p) for p in [*binaries.values(), *libraries.values()] if not p.exists()]
         if missing:
