@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from _fake_llama import cmake_wrapper, make_fake_llama
 from lmserv.errors import BuildError, ToolchainMissing
 from lmserv.install import LlamaBuild, _ui, build_llama_cpp
 from lmserv.install import llama_build as lb
+from lmserv.install._runner import Runner
 from lmserv.server import LlamaServer
 
 NPM = _ui.find_npm()
@@ -53,10 +55,10 @@ def write_fake_ui(tree: Path, text: str = "hello") -> Path:
     return ui
 
 
-def _runner(tmp_path: Path) -> lb._Runner:
+def _runner(tmp_path: Path) -> Runner:
     log_path = tmp_path / "build.log"
     log_path.touch()
-    return lb._Runner(log_path, None)
+    return Runner(log_path, None)
 
 
 @needs_npm
@@ -223,6 +225,42 @@ def test_a_page_that_fails_while_the_compile_runs(
     with pytest.raises(BuildError, match="npm run build"):
         build_llama_cpp(out / "strict", source=src, cuda=False, ui=True, progress=False)
     assert not (out / "strict" / "build-cpu" / "lmserv-build.json").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="process groups: POSIX")
+def test_a_page_build_stopped_midway_leaves_no_process(tmp_path: Path) -> None:
+    # The compile failed or Ctrl-C: the page job is cancelled while "npm" (here a script that
+    # starts a child, as npm starts node) still runs; neither may be left running.
+    tree = tmp_path / "llama.cpp"
+    write_fake_ui(tree)
+    pids = tmp_path / "pids"
+    npm = tmp_path / "npm"
+    npm.write_text(f"#!/bin/sh\nsleep 300 &\necho $$ $! > {pids}\nwait\n")
+    npm.chmod(0o755)
+    log_path = tmp_path / "build.log"
+    runner = Runner(tmp_path / "build.ui.log", None, own_group=True)
+    job = _ui.PageJob(tree, tmp_path / "cache", str(npm), runner, log_path)
+    for _ in range(200):
+        if pids.exists() and len(pids.read_text().split()) == 2:
+            break
+        time.sleep(0.05)
+    started = [int(p) for p in pids.read_text().split()]
+    job.cancel()
+    for pid in started:
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            if (
+                Path(f"/proc/{pid}/stat").is_file()
+                and ") Z " in Path(f"/proc/{pid}/stat").read_text()
+            ):
+                break  # a zombie waiting for init: not running
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"process {pid} of the page build is still running")
+    assert f"$ {npm} ci" in log_path.read_text(), "the page's log is appended to the build log"
 
 
 def test_server_reports_the_page_as_it_is(llama_build: LlamaBuild, model: Path) -> None:

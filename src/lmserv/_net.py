@@ -62,6 +62,11 @@ class RequestTrace:
     async def async_hook(self, name: str, info: object) -> None:
         self(name, info)
 
+    def send_again(self, exc: BaseException, attempt: int) -> bool:
+        """Whether try ``attempt`` (from 0), which raised ``exc``, is sent again: it was
+        :meth:`stale` and fewer than :data:`STALE_ATTEMPTS` tries were made."""
+        return attempt < STALE_ATTEMPTS - 1 and self.stale(exc)
+
     def stale(self, exc: BaseException) -> bool:
         """True when ``exc`` came from a reused connection the server had closed (see above)."""
         dropped = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)

@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import IO, ClassVar, TypeVar
 
 from lmserv import config
-from lmserv.errors import LmservError, ServerError
+from lmserv.errors import LmservError, ServerError, ServerStartError
 
 __all__ = [
     "LOG_KEEP",
@@ -38,6 +38,7 @@ __all__ = [
     "prune_logs",
     "read_tail",
     "spawn",
+    "spawn_llama_server",
     "terminate",
 ]
 
@@ -179,6 +180,20 @@ def spawn(
     return popen()
 
 
+def spawn_llama_server(
+    argv: Sequence[str], log: IO[bytes], *, death_signal: signal.Signals, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """:func:`spawn` for llama-server (single model or router): a binary that cannot be run is
+    a :class:`~lmserv.errors.ServerStartError` that says what to do."""
+    try:
+        return spawn(argv, log, death_signal=death_signal, env=env)
+    except OSError as exc:
+        raise ServerStartError(
+            f"could not run {argv[0]!r}: {exc}; check that it is an executable "
+            "llama-server for this machine (or rebuild with `lmserv build`)"
+        ) from exc
+
+
 def terminate(
     proc: subprocess.Popen[bytes],
     grace: float,
@@ -288,6 +303,7 @@ class Supervised:
 
     _proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    _log_path_arg: Path | None = None  # the log_path= given to the constructor
     _noun: ClassVar[str] = "server"
     _error: ClassVar[type[LmservError]] = ServerError
     _tail_bytes_per_line: ClassVar[int] = 256
@@ -325,6 +341,14 @@ class Supervised:
         if self.log_path is None:
             return ""
         return read_tail(self.log_path, lines, max_bytes=self._tail_bytes_per_line * lines)
+
+    def _fresh_log_path(self, kind: str, tag: str) -> Path:
+        """This start's log: the ``log_path=`` given, else a new file of ``kind`` in lmserv's
+        logs folder (:func:`new_log_path`); its folder made, ``log_path`` set."""
+        path = self._log_path_arg if self._log_path_arg is not None else new_log_path(kind, tag)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path = path
+        return path
 
     def __enter__(self: _S) -> _S:
         return self.start()

@@ -198,7 +198,7 @@ class LlamaReplica:
             try:
                 return await self._client.send(upstream, stream=True)
             except httpx.TransportError as exc:
-                if attempt == STALE_ATTEMPTS - 1 or not trace.stale(exc):
+                if not trace.send_again(exc, attempt):
                     raise
         raise AssertionError("unreachable")
 

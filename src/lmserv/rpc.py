@@ -50,7 +50,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from lmserv._net import is_loopback, normalize_endpoints, parse_endpoint
-from lmserv._process import Supervised, free_port, new_log_path, spawn, terminate
+from lmserv._process import Supervised, free_port, spawn, terminate
 from lmserv.errors import ConfigError, WorkerError
 from lmserv.install.finder import find_binary
 
@@ -376,12 +376,9 @@ class RpcWorker(Supervised):
 
     def _launch(self, port: int) -> None:
         args = self.command(port)
-        if self._log_path_arg is not None:
-            self.log_path = self._log_path_arg
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        else:
-            # Beside llama-server's logs; only the newest few are kept.
-            self.log_path = new_log_path("rpc-worker", f"{port}-{os.getpid()}")
+        # Beside llama-server's logs; only the newest few are kept.
+        self._fresh_log_path("rpc-worker", f"{port}-{os.getpid()}")
+        assert self.log_path is not None
         logger.info("starting RPC worker: %s (log %s)", args, self.log_path)
         with self.log_path.open("wb") as log:
             # SIGTERM when Python dies (no orphans). Keep SIGPIPE ignored: ggml-rpc-server writes

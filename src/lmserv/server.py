@@ -40,7 +40,7 @@ import httpx
 
 from lmserv._fs import require_model_file
 from lmserv._inputs import check_api_key
-from lmserv._process import Supervised, new_log_path, spawn, terminate
+from lmserv._process import Supervised, spawn_llama_server, terminate
 from lmserv._server_facts import LaunchFacts
 from lmserv._server_info import (
     ServerInfo,
@@ -312,13 +312,7 @@ class LlamaServer(Supervised):
         return self
 
     def _open_log(self) -> IO[bytes]:
-        if self._log_path_arg is not None:
-            path = self._log_path_arg
-        else:
-            path = new_log_path("llama-server", f"{os.getpid()}-{next(_SERIAL)}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_path = path
-        return path.open("wb")
+        return self._fresh_log_path("llama-server", f"{os.getpid()}-{next(_SERIAL)}").open("wb")
 
     def _launch(self, argv: list[str]) -> None:
         self._startup = []
@@ -328,14 +322,8 @@ class LlamaServer(Supervised):
         self._info = None
         log.info("starting %s", " ".join(argv))
         with self._open_log() as out:
-            try:
-                # Linux: SIGKILL if Python dies (RpcWorker asks for SIGTERM); atexit covers the rest.
-                self._proc = spawn(argv, out, death_signal=signal.SIGKILL, env=self._env())
-            except OSError as exc:
-                raise ServerStartError(
-                    f"could not run {argv[0]!r}: {exc}; check that it is an executable "
-                    "llama-server for this machine (or rebuild with `lmserv build`)"
-                ) from exc
+            # Linux: SIGKILL if Python dies (RpcWorker asks for SIGTERM); atexit covers the rest.
+            self._proc = spawn_llama_server(argv, out, death_signal=signal.SIGKILL, env=self._env())
         atexit.register(self._terminate)
         self._facts = LaunchFacts(self.model, Path(argv[0]))  # while the model loads
 

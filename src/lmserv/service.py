@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 
 from lmserv import config
-from lmserv._process import Supervised, free_port, new_log_path, spawn, terminate
+from lmserv._process import Supervised, free_port, spawn_llama_server, terminate
 from lmserv._server_info import _serves_page
 from lmserv._service_preset import folder_snapshot, parse_keep_alive, preset_models, render_preset
 from lmserv._service_state import (
@@ -338,13 +338,9 @@ class ModelService(Supervised):
             self._open_log()
             assert self.log_path is not None
             with self.log_path.open("ab") as out:
-                try:
-                    self._proc = spawn(argv, out, death_signal=signal.SIGTERM, env=self._env())
-                except OSError as exc:
-                    raise ServerStartError(
-                        f"could not run {argv[0]!r}: {exc}; check that it is an executable "
-                        "llama-server for this machine (or rebuild with `lmserv build`)"
-                    ) from exc
+                self._proc = spawn_llama_server(
+                    argv, out, death_signal=signal.SIGTERM, env=self._env()
+                )
             atexit.register(self._terminate)
             host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
             self._url = f"http://{host}:{port}"
@@ -358,12 +354,7 @@ class ModelService(Supervised):
                     raise
 
     def _open_log(self) -> None:
-        if self._log_path_arg is not None:
-            self.log_path = self._log_path_arg
-        else:
-            self.log_path = new_log_path("lmserv-service", f"{os.getpid()}")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_path.write_bytes(b"")
+        self._fresh_log_path("lmserv-service", f"{os.getpid()}").write_bytes(b"")
         self._log_offset = 0
         self._partial = b""
 

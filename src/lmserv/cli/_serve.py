@@ -179,8 +179,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    if args.model is None:
-        return serve_models(args)
     # Flags over LMSERV_SERVER_* over the config file's [server] table.
     settings = config.load_settings(
         overrides={
@@ -189,6 +187,8 @@ def _serve(args: argparse.Namespace) -> int:
             "server.api_key": args.api_key,
         }
     ).server
+    if args.model is None:
+        return serve_models(args, settings)
     port = settings.port or None  # 0 and None both mean a free port
     if args.ray is not None:  # replicas on Ray Serve (issue 15)
         return serve_on_ray(

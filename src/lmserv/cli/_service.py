@@ -21,6 +21,7 @@ from lmserv.cli._common import (
 )
 from lmserv.cli._page import announce_page
 from lmserv.client import Client
+from lmserv.config import ServerSettings
 from lmserv.errors import BadRequestError, ConfigError, ModelNotServed, ServerUnavailable
 from lmserv.service import ModelService, ServiceState, find_service, served_models
 
@@ -49,15 +50,9 @@ def _echo(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def serve_models(args: argparse.Namespace) -> int:
-    """``lmserv serve`` without a model: the service over the models folder, until Ctrl-C."""
-    settings = config.load_settings(
-        overrides={
-            "server.host": args.host,
-            "server.port": args.port,
-            "server.api_key": args.api_key,
-        }
-    ).server
+def serve_models(args: argparse.Namespace, settings: ServerSettings) -> int:
+    """``lmserv serve`` without a model: the service over the models folder, until Ctrl-C.
+    ``settings``: the ``[server]`` settings with the command's flags applied."""
     if getattr(args, "rpc", None):
         raise ConfigError(
             "--rpc needs a model: `lmserv serve MODEL --rpc HOST:PORT`; the model service "

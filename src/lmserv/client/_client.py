@@ -123,7 +123,7 @@ class Client(_Base):
             try:
                 return self._http.send(request, stream=stream)
             except httpx.TransportError as exc:
-                if attempt == STALE_ATTEMPTS - 1 or not trace.stale(exc):
+                if not trace.send_again(exc, attempt):
                     raise
                 log.debug(
                     "%s %s met a closed kept-alive connection; sending it again", method, path
@@ -386,7 +386,7 @@ class AsyncClient(_Base):
             try:
                 return await self._http.send(request, stream=stream)
             except httpx.TransportError as exc:
-                if attempt == STALE_ATTEMPTS - 1 or not trace.stale(exc):
+                if not trace.send_again(exc, attempt):
                     raise
                 log.debug(
                     "%s %s met a closed kept-alive connection; sending it again", method, path

@@ -194,14 +194,8 @@ class _Runner(Protocol):
 
     log_path: Path
 
-    def run(
-        self,
-        cmd: list[str],
-        what: str,
-        *,
-        cwd: Path | None = None,
-        env: dict[str, str] | None = None,
-    ) -> str: ...
+    @property
+    def run(self) -> Run: ...
 
     def kill(self) -> None: ...
 

@@ -12,14 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import socket
-import subprocess
 import sys
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -31,6 +28,7 @@ from lmserv._fs import atomic_write
 from lmserv.errors import BuildError, ConfigError, ToolchainMissing
 from lmserv.gpu import cuda_compute_capabilities
 from lmserv.install import _source, _toolchain, _ui
+from lmserv.install._runner import Progress, Runner, default_progress
 from lmserv.install._source import PINNED_COMMIT, SourceTree
 from lmserv.install._toolchain import Toolchain
 from lmserv.install.finder import shared_build_dir
@@ -52,12 +50,10 @@ LIBRARY_TARGETS = ("llama", "ggml")
 RPC_TARGET = "ggml-rpc-server"
 _STAMP = "lmserv-build.json"
 _STAMP_VERSION = 1
-_TAIL_LINES = 40
 # Stamp fields added later, with the value older stamps mean by leaving them out.
 _STAMP_DEFAULTS: dict[str, object] = {"ui": False}
 
 CudaChoice = bool | Literal["auto"]
-Progress = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -157,106 +153,6 @@ def cmake_commands(
 def _output_dirs(build_dir: Path, toolchain: Toolchain) -> Path:
     # The Visual Studio generator puts outputs in bin/Release.
     return build_dir / "bin" / "Release" if toolchain.multi_config else build_dir / "bin"
-
-
-class _Runner:
-    """Runs a command, appends its output to the log, keeps a tail, reports ``[n/N]`` progress."""
-
-    _NINJA = re.compile(r"^\[(\d+)/(\d+)\]")
-    _MAKE = re.compile(r"^\[\s*(\d+)%\]")
-
-    def __init__(self, log_path: Path, progress: Progress | None) -> None:
-        self.log_path = log_path
-        self.progress = progress
-        self.tail: deque[str] = deque(maxlen=_TAIL_LINES)
-        self._proc: subprocess.Popen[str] | None = None
-        self._killed = False
-
-    def kill(self) -> None:
-        """Stop the command running now, and any later one (from another thread)."""
-        self._killed = True
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-
-    def run(
-        self,
-        cmd: list[str],
-        what: str,
-        *,
-        cwd: Path | None = None,
-        env: dict[str, str] | None = None,
-    ) -> str:
-        captured: list[str] = []
-        with self.log_path.open("a", encoding="utf-8", errors="replace") as logf:
-            logf.write(f"\n$ {' '.join(cmd)}\n")
-            logf.flush()
-            if self._killed:
-                raise BuildError(f"llama.cpp {what} was not run: the build stopped")
-            proc = subprocess.Popen(
-                cmd,
-                cwd=cwd,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                errors="replace",
-                bufsize=1,
-            )
-            self._proc = proc
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                logf.write(line)
-                line = line.rstrip("\n")
-                self.tail.append(line)
-                captured.append(line)
-                self._report(line)
-            code = proc.wait()
-        if code != 0:
-            tail = "\n".join(self.tail)
-            raise BuildError(
-                f"llama.cpp {what} failed (exit {code}). Full log: {self.log_path}\n"
-                f"Last lines:\n{tail}",
-                log_path=self.log_path,
-                log_tail=tail,
-            )
-        return "\n".join(captured)
-
-    def _report(self, line: str) -> None:
-        if self.progress is None:
-            return
-        m = self._NINJA.match(line)
-        if m:
-            self.progress(int(m.group(1)), int(m.group(2)), line)
-            return
-        m = self._MAKE.match(line)
-        if m:
-            self.progress(int(m.group(1)), 100, line)
-
-
-def _default_progress() -> tuple[Progress, Callable[[], None]]:
-    """A tqdm bar on a TTY; otherwise an INFO log line every 10%."""
-    if sys.stderr.isatty():
-        from tqdm import tqdm  # only needed for interactive builds
-
-        bar = tqdm(total=0, unit="step", desc="compiling llama.cpp", dynamic_ncols=True)
-
-        def on_tty(done: int, total: int, _line: str) -> None:
-            if bar.total != total:
-                bar.reset(total=total)
-            bar.n = done
-            bar.refresh()
-
-        return on_tty, bar.close
-    last = [-1]
-
-    def on_log(done: int, total: int, _line: str) -> None:
-        decile = done * 10 // max(total, 1)
-        if decile != last[0]:
-            last[0] = decile
-            log.info("compiling llama.cpp: %d/%d steps", done, total)
-
-    return on_log, lambda: None
 
 
 def _read_stamp(build_dir: Path) -> dict[str, object] | None:
@@ -476,12 +372,12 @@ def build_llama_cpp(
             )
         configure, build = cmake_commands(tree.path, build_dir, options, targets, toolchain, jobs)
         if progress is True or progress is None:
-            report, close = _default_progress()
+            report, close = default_progress()
         elif progress is False:
             report, close = None, lambda: None
         else:
             report, close = progress, lambda: None
-        runner = _Runner(log_path, report)
+        runner = Runner(log_path, report)
         started = time.monotonic()
         # npm builds the page (minutes, once) while the C++ compiles: llama.cpp embeds it at
         # build time (llama-ui-assets runs on every build), so a second short build adds it.
@@ -489,7 +385,8 @@ def build_llama_cpp(
         page_job = None
         if page and page_dir is None:
             assert npm is not None
-            ui_runner = _Runner(log_path.with_name(log_path.stem + ".ui.log"), None)
+            ui_log = log_path.with_name(log_path.stem + ".ui.log")
+            ui_runner = Runner(ui_log, None, own_group=True)
             page_job = _ui.PageJob(tree.path, config.cache_dir(), npm, ui_runner, log_path)
         _ui.place_assets(page_dir, build_dir)
         try:
